@@ -1,0 +1,146 @@
+//! The normalized cache key.
+//!
+//! Two spellings of one resource must land on one owner and one entry, so the key is the
+//! absolute URI with the parts that do not change the resource normalized: scheme and host
+//! lower-cased, the default port dropped, an empty path written as `/`, the fragment dropped.
+//! Path and query are kept exactly as sent: `%2F` vs `/` or parameter order *can* name
+//! different resources, and guessing otherwise would serve one resource for another.
+
+use core::fmt;
+use http::Uri;
+
+/// A normalized absolute URI, e.g. `http://example.test/a?b=1`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey(Box<str>);
+
+/// Why a URI cannot be a cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyError {
+    /// Origin-form (`/path`) without a scheme and host: the adapter must make it absolute first.
+    NotAbsolute,
+    /// Only `http` and `https` are proxied.
+    UnsupportedScheme,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyError::NotAbsolute => "request target is not an absolute http(s) URI",
+            KeyError::UnsupportedScheme => "only http and https URIs can be proxied",
+        })
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+impl CacheKey {
+    /// Normalizes an absolute URI.
+    pub fn from_uri(uri: &Uri) -> Result<Self, KeyError> {
+        let scheme = uri.scheme_str().ok_or(KeyError::NotAbsolute)?;
+        let authority = uri.authority().ok_or(KeyError::NotAbsolute)?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(KeyError::UnsupportedScheme),
+        };
+        let host = authority.host().to_ascii_lowercase();
+        let mut out = String::with_capacity(uri.to_string().len());
+        out.push_str(&scheme);
+        out.push_str("://");
+        out.push_str(&host);
+        if let Some(port) = authority.port_u16().filter(|p| *p != default_port) {
+            out.push(':');
+            out.push_str(&port.to_string());
+        }
+        let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        let pq = pq.split('#').next().unwrap_or("");
+        if !pq.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(pq);
+        Ok(CacheKey(out.into_boxed_str()))
+    }
+
+    /// Builds a key from a string that is already normalized (e.g. read back from storage).
+    pub fn from_normalized(s: &str) -> Self {
+        CacheKey(s.into())
+    }
+
+    /// The key of one Range segment of this object. `#` cannot occur in a normalized key
+    /// (fragments are dropped), so segment keys never collide with object keys.
+    pub fn segment(&self, index: u64) -> CacheKey {
+        CacheKey(format!("{}#seg={index}", self.0).into_boxed_str())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> Result<String, KeyError> {
+        CacheKey::from_uri(&s.parse::<Uri>().unwrap()).map(|k| k.to_string())
+    }
+
+    #[test]
+    fn normalizes_scheme_host_and_default_port() {
+        assert_eq!(
+            key("HTTP://Example.TEST:80/a?B=1").unwrap(),
+            "http://example.test/a?B=1"
+        );
+        assert_eq!(
+            key("https://example.test:443").unwrap(),
+            "https://example.test/"
+        );
+        assert_eq!(
+            key("https://example.test:8443/x").unwrap(),
+            "https://example.test:8443/x"
+        );
+        assert_eq!(
+            key("http://example.test:443/x").unwrap(),
+            "http://example.test:443/x"
+        );
+    }
+
+    #[test]
+    fn keeps_path_and_query_as_sent() {
+        assert_eq!(
+            key("http://h/a%2Fb?z=1&a=2").unwrap(),
+            "http://h/a%2Fb?z=1&a=2"
+        );
+        assert_ne!(key("http://h/A").unwrap(), key("http://h/a").unwrap());
+    }
+
+    #[test]
+    fn rejects_origin_form_and_other_schemes() {
+        assert_eq!(key("/a"), Err(KeyError::NotAbsolute));
+        assert_eq!(key("ftp://h/a"), Err(KeyError::UnsupportedScheme));
+    }
+
+    #[test]
+    fn segment_keys_are_distinct() {
+        let k = CacheKey::from_uri(&"http://h/a".parse().unwrap()).unwrap();
+        assert_eq!(k.segment(3).as_str(), "http://h/a#seg=3");
+        assert_ne!(k.segment(0), k);
+    }
+}

@@ -1,0 +1,514 @@
+//! RFC 9111 storability and reuse, built on `http-cache-semantics`, plus the proxy's rules.
+//!
+//! The crate does the RFC arithmetic (freshness lifetime, age, heuristics, revalidation
+//! requests, 304 merging). This module adds what a shared proxy needs and the crate lacks:
+//! injected time only (`CachePolicy::new` reads the clock and traps on wasm32), reasons for
+//! every refusal, `stale-while-revalidate` / `stale-if-error` (RFC 5861), full-value Vary
+//! matching, HEAD answered from a stored GET, a minimum TTL, a size limit, and a guard
+//! against the request-`max-stale` leak of kornelski/http-cache-semantics#56.
+
+pub mod conditional;
+pub mod directives;
+pub mod vary;
+
+use core::fmt;
+use directives::Directives;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, StatusCode, request, response};
+use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
+use std::time::{Duration, SystemTime};
+use vary::VaryKey;
+
+/// Shared (a proxy for many users, the default) or private (one tenant: stores `private`
+/// and authorized responses, as forwardcache does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    #[default]
+    Shared,
+    Private,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub mode: CacheMode,
+    /// Responses fresh for less than this are not stored (casserole's 60 s rule; default 0).
+    pub min_ttl: Duration,
+    /// Bodies larger than this are streamed through, never stored.
+    pub max_object_size: u64,
+    /// Fraction of (Date − Last-Modified) used as heuristic freshness (RFC 9111 §4.2.2).
+    pub heuristic_fraction: f32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            mode: CacheMode::Shared,
+            min_ttl: Duration::ZERO,
+            max_object_size: 64 << 20,
+            heuristic_fraction: 0.1,
+        }
+    }
+}
+
+/// Why a response was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// Only GET responses are stored (HEAD is answered from them).
+    Method,
+    /// A status the cache does not store (e.g. 500, or 206 outside segment fetching).
+    Status(u16),
+    /// The request said `no-store`.
+    RequestNoStore,
+    /// The response said `no-store`.
+    NoStore,
+    /// `private` in a shared cache.
+    Private,
+    /// A request with `Authorization`, and the response did not allow sharing it.
+    Authorization,
+    /// `Set-Cookie` in a shared cache: one user's cookie must never reach another.
+    SetCookie,
+    /// `Vary: *` can never be matched.
+    VaryStar,
+    /// No explicit freshness, no heuristic and not cacheable by default.
+    NotCacheable,
+    /// Stale on arrival and no validator to revalidate it with: storing it could not help.
+    StaleNoValidator,
+    /// Fresh for less than the configured minimum.
+    BelowMinTtl,
+    /// Larger than the maximum object size.
+    TooLarge,
+    /// The body ended before its declared length, or the transfer failed.
+    Incomplete,
+}
+
+impl NotStored {
+    /// A short token for `Cache-Status: ...; detail=` and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NotStored::Method => "method",
+            NotStored::Status(_) => "status",
+            NotStored::RequestNoStore => "request-no-store",
+            NotStored::NoStore => "no-store",
+            NotStored::Private => "private",
+            NotStored::Authorization => "authorization",
+            NotStored::SetCookie => "set-cookie",
+            NotStored::VaryStar => "vary-star",
+            NotStored::NotCacheable => "not-cacheable",
+            NotStored::StaleNoValidator => "stale-no-validator",
+            NotStored::BelowMinTtl => "below-min-ttl",
+            NotStored::TooLarge => "too-large",
+            NotStored::Incomplete => "incomplete",
+        }
+    }
+}
+
+impl fmt::Display for NotStored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a stored response was not used as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotServed {
+    /// Only GET and HEAD are answered from cache.
+    Method,
+    /// The request's varied headers select another variant.
+    VaryMismatch,
+    /// Stale, or the request demands validation (`no-cache`, `max-age`, `min-fresh`).
+    Stale,
+}
+
+/// What the cache keeps beside a body to judge its reuse.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    policy: CachePolicy,
+    vary: VaryKey,
+    res_cc: Directives,
+    /// Freshness lifetime, fixed when stored or refreshed (Age counts against it).
+    max_age: Duration,
+    has_validator: bool,
+    shared: bool,
+    set_cookie: bool,
+}
+
+/// How a stored response may be used for a request.
+#[derive(Debug)]
+pub enum Reuse {
+    /// Serve it as is.
+    Fresh,
+    /// Validate first with `revalidate` (conditional when the response had validators).
+    Stale {
+        revalidate: request::Parts,
+        /// RFC 5861: the stored copy may be served now while the validation runs behind it.
+        while_revalidate: bool,
+    },
+    /// Another variant, or a request the entry cannot answer.
+    NoMatch(NotServed),
+}
+
+/// The outcome of a validation response.
+#[derive(Debug)]
+pub enum Revalidated {
+    /// 304 matched: keep the body, use the refreshed headers and policy.
+    NotModified {
+        stored: Stored,
+        head: response::Parts,
+    },
+    /// The origin sent something else: store/serve it as a new response.
+    Modified,
+}
+
+/// Methods a cache may answer from storage.
+pub fn is_cacheable_method(m: &Method) -> bool {
+    *m == Method::GET || *m == Method::HEAD
+}
+
+/// Unsafe methods invalidate the target URI (RFC 9111 §4.4).
+pub fn invalidates(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Request headers that must not reach the origin on a cache fill: the fill asks for the
+/// whole, unconditional representation so it can be stored; the client's own conditions and
+/// ranges are then applied by the cache.
+const CLIENT_ONLY: [HeaderName; 6] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1), removed before storing or forwarding.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop fields, including those the Connection header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for n in named {
+        h.remove(n.as_str());
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// The request a cache fill sends upstream for a client request: GET (HEAD fills the
+/// cache too, as Varnish does), no client preconditions or ranges, no hop-by-hop fields.
+pub fn fill_request(client: &request::Parts) -> request::Parts {
+    let mut r = request::Request::new(());
+    *r.method_mut() = Method::GET;
+    *r.uri_mut() = client.uri.clone();
+    *r.version_mut() = http::Version::HTTP_11;
+    let mut h = client.headers.clone();
+    strip_hop_by_hop(&mut h);
+    // The absolute URI names the authority; a Host that differs only in spelling must not
+    // split one entry into many.
+    h.remove(header::HOST);
+    for n in &CLIENT_ONLY {
+        h.remove(n);
+    }
+    *r.headers_mut() = h;
+    r.into_parts().0
+}
+
+impl PolicyConfig {
+    fn options(&self) -> CacheOptions {
+        CacheOptions {
+            shared: self.mode == CacheMode::Shared,
+            cache_heuristic: self.heuristic_fraction,
+            ..CacheOptions::default()
+        }
+    }
+}
+
+/// The policy engine. Stateless apart from its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub config: PolicyConfig,
+}
+
+impl Policy {
+    pub fn new(config: PolicyConfig) -> Self {
+        Policy { config }
+    }
+
+    fn shared(&self) -> bool {
+        self.config.mode == CacheMode::Shared
+    }
+
+    /// Decides from the head alone whether a response may be stored. `req` is the request
+    /// that was sent upstream (see [`fill_request`]); `now` is when the head arrived.
+    pub fn storable(
+        &self,
+        req: &request::Parts,
+        res: &response::Parts,
+        now: SystemTime,
+    ) -> Result<Stored, NotStored> {
+        if req.method != Method::GET {
+            return Err(NotStored::Method);
+        }
+        let req_cc = Directives::parse(&req.headers);
+        let res_cc = Directives::parse(&res.headers);
+        if req_cc.has("no-store") {
+            return Err(NotStored::RequestNoStore);
+        }
+        if res_cc.has("no-store") {
+            return Err(NotStored::NoStore);
+        }
+        let shared = self.shared();
+        if shared && res_cc.has("private") {
+            return Err(NotStored::Private);
+        }
+        if shared
+            && req.headers.contains_key(header::AUTHORIZATION)
+            && !(res_cc.has("public") || res_cc.has("s-maxage") || res_cc.has("must-revalidate"))
+        {
+            return Err(NotStored::Authorization);
+        }
+        let set_cookie = res.headers.contains_key(header::SET_COOKIE);
+        if shared && set_cookie {
+            return Err(NotStored::SetCookie);
+        }
+        if res.status == StatusCode::PARTIAL_CONTENT {
+            return Err(NotStored::Status(206));
+        }
+        let vary = VaryKey::of(&req.headers, &res.headers);
+        if vary == VaryKey::Star {
+            return Err(NotStored::VaryStar);
+        }
+        if let Some(len) = content_length(&res.headers) {
+            if len > self.config.max_object_size {
+                return Err(NotStored::TooLarge);
+            }
+        }
+        let policy = CachePolicy::new_options(req, res, now, self.config.options());
+        if !policy.is_storable() {
+            return Err(if is_understood_status(res.status) {
+                NotStored::NotCacheable
+            } else {
+                NotStored::Status(res.status.as_u16())
+            });
+        }
+        let ttl = policy.time_to_live(now);
+        let has_validator = res.headers.contains_key(header::ETAG)
+            || res.headers.contains_key(header::LAST_MODIFIED);
+        if ttl.is_zero() && !has_validator {
+            return Err(NotStored::StaleNoValidator);
+        }
+        if ttl < self.config.min_ttl {
+            return Err(NotStored::BelowMinTtl);
+        }
+        let max_age = ttl + policy.age(now);
+        Ok(Stored {
+            policy,
+            vary,
+            res_cc,
+            max_age,
+            has_validator,
+            shared,
+            set_cookie,
+        })
+    }
+
+    /// Decides how a stored response may serve `req` at `now`.
+    pub fn reuse(&self, stored: &Stored, req: &request::Parts, now: SystemTime) -> Reuse {
+        if !is_cacheable_method(&req.method) {
+            return Reuse::NoMatch(NotServed::Method);
+        }
+        if !stored.vary.matches(&req.headers) {
+            return Reuse::NoMatch(NotServed::VaryMismatch);
+        }
+        let view = self.reuse_view(stored, req);
+        match stored.policy.before_request(&view, now) {
+            BeforeRequest::Fresh(_) => Reuse::Fresh,
+            BeforeRequest::Stale { request, .. } => {
+                let req_cc = Directives::parse(&req.headers);
+                let swr = stored
+                    .res_cc
+                    .seconds("stale-while-revalidate")
+                    .is_some_and(|w| self.staleness(stored, now) <= w)
+                    && !req_cc.has("no-cache")
+                    && !req
+                        .headers
+                        .get(header::PRAGMA)
+                        .is_some_and(|p| p.as_bytes() == b"no-cache")
+                    && !stored.must_revalidate();
+                Reuse::Stale {
+                    revalidate: request,
+                    while_revalidate: swr,
+                }
+            }
+        }
+    }
+
+    /// RFC 5861 §4: may a stale response be served because the origin failed? The response's
+    /// or the request's `stale-if-error=N` bounds how stale; `must-revalidate`,
+    /// `proxy-revalidate` (shared) and `no-cache` forbid it.
+    pub fn stale_if_error(&self, stored: &Stored, req: &request::Parts, now: SystemTime) -> bool {
+        if stored.must_revalidate() || stored.res_cc.has("no-cache") {
+            return false;
+        }
+        let req_cc = Directives::parse(&req.headers);
+        let window = match (
+            stored.res_cc.seconds("stale-if-error"),
+            req_cc.seconds("stale-if-error"),
+        ) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => match a.or(b) {
+                Some(w) => w,
+                None => return false,
+            },
+        };
+        self.staleness(stored, now) <= window
+    }
+
+    /// Merges a validation response into a stored entry (RFC 9111 §4.3.4).
+    pub fn revalidated(
+        &self,
+        stored: &Stored,
+        sent: &request::Parts,
+        res: &response::Parts,
+        now: SystemTime,
+    ) -> Revalidated {
+        if res.status != StatusCode::NOT_MODIFIED {
+            return Revalidated::Modified;
+        }
+        match stored.policy.after_response(sent, res, now) {
+            AfterResponse::NotModified(policy, mut head) => {
+                strip_hop_by_hop(&mut head.headers);
+                // The crate rewrites Date and Age for a response it would send; we keep the
+                // stored copy's fields and compute Age when serving.
+                head.headers.remove(header::AGE);
+                let ttl = policy.time_to_live(now);
+                let res_cc = Directives::parse(&head.headers);
+                let max_age = ttl + policy.age(now);
+                let stored = Stored {
+                    policy,
+                    vary: stored.vary.clone(),
+                    res_cc,
+                    max_age,
+                    has_validator: stored.has_validator,
+                    shared: stored.shared,
+                    set_cookie: stored.set_cookie,
+                };
+                Revalidated::NotModified { stored, head }
+            }
+            AfterResponse::Modified(..) => Revalidated::Modified,
+        }
+    }
+
+    /// The request as the crate should judge it: method GET (HEAD is answered from a stored
+    /// GET), no client preconditions (they are the cache's to answer, and must not leak into
+    /// the revalidation request), and no `max-stale` where serving stale would leak (#56).
+    fn reuse_view(&self, stored: &Stored, req: &request::Parts) -> request::Parts {
+        let mut view = fill_request(req);
+        if stored.forbids_client_max_stale() {
+            let cc: Vec<String> = view
+                .headers
+                .get_all(header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(',').map(|s| s.trim().to_owned()))
+                .filter(|d| !d.to_ascii_lowercase().starts_with("max-stale") && !d.is_empty())
+                .collect();
+            view.headers.remove(header::CACHE_CONTROL);
+            if !cc.is_empty() {
+                if let Ok(v) = cc.join(", ").parse() {
+                    view.headers.insert(header::CACHE_CONTROL, v);
+                }
+            }
+        }
+        view
+    }
+
+    fn staleness(&self, stored: &Stored, now: SystemTime) -> Duration {
+        stored.policy.age(now).saturating_sub(stored.max_age)
+    }
+}
+
+impl Stored {
+    /// Seconds of freshness left.
+    pub fn ttl(&self, now: SystemTime) -> Duration {
+        self.policy.time_to_live(now)
+    }
+
+    /// The current Age (RFC 9111 §4.2.3).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.policy.age(now)
+    }
+
+    pub fn has_validator(&self) -> bool {
+        self.has_validator
+    }
+
+    /// The variant selector this entry was stored under.
+    pub fn vary(&self) -> &VaryKey {
+        &self.vary
+    }
+
+    /// Stale means validation before use, and for how long past freshness an entry is still
+    /// worth keeping: validators or stale-* windows make a stale entry useful.
+    pub fn keep_until(&self, now: SystemTime) -> Option<SystemTime> {
+        if self.has_validator {
+            return None;
+        }
+        let extra = self
+            .res_cc
+            .seconds("stale-if-error")
+            .max(self.res_cc.seconds("stale-while-revalidate"))
+            .unwrap_or(Duration::ZERO);
+        Some(now + self.ttl(now) + extra)
+    }
+
+    fn must_revalidate(&self) -> bool {
+        self.res_cc.has("must-revalidate")
+            || (self.shared && (self.res_cc.has("proxy-revalidate") || self.res_cc.has("s-maxage")))
+    }
+
+    fn forbids_client_max_stale(&self) -> bool {
+        self.must_revalidate()
+            || self.res_cc.has("no-cache")
+            || (self.shared && self.set_cookie && !self.res_cc.has("public"))
+    }
+}
+
+fn is_understood_status(s: StatusCode) -> bool {
+    matches!(
+        s.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// The declared body length, if any and valid.
+pub fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,545 @@
+//! Policy tests, one group per RFC section.
+
+use super::*;
+use http::{Request, Response};
+
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+}
+
+fn date(t: SystemTime) -> String {
+    httpdate::fmt_http_date(t)
+}
+
+fn req(method: &str, headers: &[(&str, &str)]) -> request::Parts {
+    let mut b = Request::builder()
+        .method(method)
+        .uri("http://example.test/r");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+fn res(status: u16, headers: &[(&str, &str)]) -> response::Parts {
+    let mut b = Response::builder()
+        .status(status)
+        .header("date", date(t0()));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+fn shared() -> Policy {
+    Policy::default()
+}
+
+fn secs(n: u64) -> SystemTime {
+    t0() + Duration::from_secs(n)
+}
+
+fn store(p: &Policy, rq: &[(&str, &str)], rs: &[(&str, &str)]) -> Stored {
+    p.storable(&req("GET", rq), &res(200, rs), t0()).unwrap()
+}
+
+// RFC 9111 §3: storing responses.
+#[test]
+fn s3_stores_explicitly_fresh_get() {
+    let s = store(&shared(), &[], &[("cache-control", "max-age=60")]);
+    assert_eq!(s.ttl(t0()), Duration::from_secs(60));
+}
+
+#[test]
+fn s3_refuses_with_reasons() {
+    let p = shared();
+    let cases: &[(&str, &[(&str, &str)], u16, &[(&str, &str)], NotStored)] = &[
+        (
+            "POST",
+            &[],
+            200,
+            &[("cache-control", "max-age=60")],
+            NotStored::Method,
+        ),
+        (
+            "HEAD",
+            &[],
+            200,
+            &[("cache-control", "max-age=60")],
+            NotStored::Method,
+        ),
+        (
+            "GET",
+            &[("cache-control", "no-store")],
+            200,
+            &[("cache-control", "max-age=60")],
+            NotStored::RequestNoStore,
+        ),
+        (
+            "GET",
+            &[],
+            200,
+            &[("cache-control", "no-store, max-age=60")],
+            NotStored::NoStore,
+        ),
+        (
+            "GET",
+            &[],
+            200,
+            &[("cache-control", "private, max-age=60")],
+            NotStored::Private,
+        ),
+        (
+            "GET",
+            &[("authorization", "Bearer x")],
+            200,
+            &[("cache-control", "max-age=60")],
+            NotStored::Authorization,
+        ),
+        (
+            "GET",
+            &[],
+            200,
+            &[("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+            NotStored::SetCookie,
+        ),
+        (
+            "GET",
+            &[],
+            200,
+            &[("cache-control", "max-age=60"), ("vary", "*")],
+            NotStored::VaryStar,
+        ),
+        (
+            "GET",
+            &[],
+            500,
+            &[("cache-control", "max-age=60")],
+            NotStored::Status(500),
+        ),
+        (
+            "GET",
+            &[],
+            206,
+            &[("cache-control", "max-age=60")],
+            NotStored::Status(206),
+        ),
+        ("GET", &[], 302, &[], NotStored::NotCacheable),
+        ("GET", &[], 200, &[], NotStored::StaleNoValidator),
+        (
+            "GET",
+            &[],
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-length", "999999999999"),
+            ],
+            NotStored::TooLarge,
+        ),
+    ];
+    for (m, rq, st, rs, why) in cases {
+        let got = p.storable(&req(m, rq), &res(*st, rs), t0());
+        assert_eq!(got.err(), Some(*why), "{m} {rq:?} {st} {rs:?}");
+    }
+}
+
+// RFC 9111 §3.5: Authorization is storable when the response explicitly allows sharing.
+#[test]
+fn s3_5_authorization_with_public_or_s_maxage() {
+    let p = shared();
+    for cc in [
+        "public, max-age=60",
+        "s-maxage=60",
+        "must-revalidate, max-age=60",
+    ] {
+        assert!(
+            p.storable(
+                &req("GET", &[("authorization", "x")]),
+                &res(200, &[("cache-control", cc)]),
+                t0()
+            )
+            .is_ok(),
+            "{cc}"
+        );
+    }
+}
+
+#[test]
+fn private_mode_stores_private_and_authorized() {
+    let p = Policy::new(PolicyConfig {
+        mode: CacheMode::Private,
+        ..Default::default()
+    });
+    assert!(
+        p.storable(
+            &req("GET", &[]),
+            &res(200, &[("cache-control", "private, max-age=60")]),
+            t0()
+        )
+        .is_ok()
+    );
+    assert!(
+        p.storable(
+            &req("GET", &[("authorization", "x")]),
+            &res(200, &[("cache-control", "max-age=60")]),
+            t0()
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn min_ttl_refuses_short_lived() {
+    let p = Policy::new(PolicyConfig {
+        min_ttl: Duration::from_secs(60),
+        ..Default::default()
+    });
+    let r = p.storable(
+        &req("GET", &[]),
+        &res(200, &[("cache-control", "max-age=30")]),
+        t0(),
+    );
+    assert_eq!(r.err(), Some(NotStored::BelowMinTtl));
+    assert!(
+        p.storable(
+            &req("GET", &[]),
+            &res(200, &[("cache-control", "max-age=60")]),
+            t0()
+        )
+        .is_ok()
+    );
+}
+
+// RFC 9111 §4.2: freshness, Age, s-maxage, Expires, heuristics.
+#[test]
+fn s4_2_fresh_then_stale() {
+    let p = shared();
+    let s = store(&p, &[], &[("cache-control", "max-age=60")]);
+    assert!(matches!(
+        p.reuse(&s, &req("GET", &[]), secs(59)),
+        Reuse::Fresh
+    ));
+    assert!(matches!(
+        p.reuse(&s, &req("GET", &[]), secs(61)),
+        Reuse::Stale { .. }
+    ));
+}
+
+#[test]
+fn s4_2_3_age_header_counts_against_freshness() {
+    let p = shared();
+    let s = store(&p, &[], &[("cache-control", "max-age=60"), ("age", "50")]);
+    assert_eq!(s.age(t0()), Duration::from_secs(50));
+    assert!(matches!(
+        p.reuse(&s, &req("GET", &[]), secs(11)),
+        Reuse::Stale { .. }
+    ));
+}
+
+#[test]
+fn s4_2_1_s_maxage_wins_in_shared_cache() {
+    let p = shared();
+    let s = store(&p, &[], &[("cache-control", "max-age=1000, s-maxage=10")]);
+    assert_eq!(s.ttl(t0()), Duration::from_secs(10));
+}
+
+#[test]
+fn s4_2_1_expires_and_invalid_expires() {
+    let p = shared();
+    let s = store(&p, &[], &[("expires", &date(secs(100)))]);
+    assert_eq!(s.ttl(t0()), Duration::from_secs(100));
+    let r = p.storable(&req("GET", &[]), &res(200, &[("expires", "0")]), t0());
+    assert_eq!(r.err(), Some(NotStored::StaleNoValidator));
+}
+
+#[test]
+fn s4_2_2_heuristic_from_last_modified() {
+    let p = shared();
+    let lm = t0() - Duration::from_secs(1000);
+    let s = store(&p, &[], &[("last-modified", &date(lm))]);
+    assert_eq!(s.ttl(t0()), Duration::from_secs(100));
+}
+
+// RFC 9111 §5.2.1: request directives.
+#[test]
+fn s5_2_1_request_no_cache_and_max_age_force_validation() {
+    let p = shared();
+    let s = store(
+        &p,
+        &[],
+        &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+    );
+    for cc in ["no-cache", "max-age=5", "min-fresh=55"] {
+        match p.reuse(&s, &req("GET", &[("cache-control", cc)]), secs(10)) {
+            Reuse::Stale {
+                revalidate,
+                while_revalidate,
+            } => {
+                assert_eq!(
+                    revalidate.headers.get("if-none-match").unwrap(),
+                    "\"v1\"",
+                    "{cc}"
+                );
+                assert!(!while_revalidate);
+            }
+            other => panic!("{cc}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        p.reuse(&s, &req("GET", &[("pragma", "no-cache")]), secs(10)),
+        Reuse::Stale { .. }
+    ));
+}
+
+#[test]
+fn s5_2_1_max_stale_allows_plain_stale_response() {
+    let p = shared();
+    let s = store(&p, &[], &[("cache-control", "max-age=60")]);
+    assert!(matches!(
+        p.reuse(
+            &s,
+            &req("GET", &[("cache-control", "max-stale=100")]),
+            secs(100)
+        ),
+        Reuse::Fresh
+    ));
+    assert!(matches!(
+        p.reuse(
+            &s,
+            &req("GET", &[("cache-control", "max-stale=10")]),
+            secs(100)
+        ),
+        Reuse::Stale { .. }
+    ));
+}
+
+// kornelski/http-cache-semantics#56: max-stale must not unlock no-cache / proxy-revalidate.
+#[test]
+fn max_stale_never_unlocks_no_cache_or_proxy_revalidate() {
+    let p = shared();
+    for cc in [
+        "no-cache, max-age=60",
+        "proxy-revalidate, max-age=1",
+        "s-maxage=1",
+        "must-revalidate, max-age=1",
+    ] {
+        let s = store(&p, &[], &[("cache-control", cc), ("etag", "\"a\"")]);
+        let r = p.reuse(&s, &req("GET", &[("cache-control", "max-stale")]), secs(30));
+        assert!(matches!(r, Reuse::Stale { .. }), "{cc}: {r:?}");
+    }
+}
+
+// RFC 9111 §5.2.2.4: no-cache response must be validated every time.
+#[test]
+fn s5_2_2_no_cache_response_is_always_validated() {
+    let p = shared();
+    let s = store(&p, &[], &[("cache-control", "no-cache"), ("etag", "\"v\"")]);
+    assert!(matches!(
+        p.reuse(&s, &req("GET", &[]), t0()),
+        Reuse::Stale { .. }
+    ));
+}
+
+// RFC 9111 §4.1: Vary.
+#[test]
+fn s4_1_vary_selects_variants() {
+    let p = shared();
+    let s = store(
+        &p,
+        &[("accept-language", "en")],
+        &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+    );
+    assert!(matches!(
+        p.reuse(&s, &req("GET", &[("accept-language", "en")]), t0()),
+        Reuse::Fresh
+    ));
+    assert!(matches!(
+        p.reuse(&s, &req("GET", &[("accept-language", "de")]), t0()),
+        Reuse::NoMatch(NotServed::VaryMismatch)
+    ));
+}
+
+// RFC 9110 §9.3.2: HEAD is answered from a stored GET.
+#[test]
+fn head_reuses_get() {
+    let p = shared();
+    let s = store(&p, &[], &[("cache-control", "max-age=60")]);
+    assert!(matches!(
+        p.reuse(&s, &req("HEAD", &[]), secs(1)),
+        Reuse::Fresh
+    ));
+    assert!(matches!(
+        p.reuse(&s, &req("POST", &[]), secs(1)),
+        Reuse::NoMatch(NotServed::Method)
+    ));
+}
+
+// Client preconditions never leak into the revalidation request.
+#[test]
+fn revalidation_uses_stored_validators_only() {
+    let p = shared();
+    let s = store(
+        &p,
+        &[],
+        &[
+            ("cache-control", "max-age=1"),
+            ("etag", "\"v1\""),
+            ("last-modified", &date(t0())),
+        ],
+    );
+    let r = p.reuse(
+        &s,
+        &req(
+            "GET",
+            &[("if-none-match", "\"other\""), ("range", "bytes=0-1")],
+        ),
+        secs(5),
+    );
+    let Reuse::Stale { revalidate, .. } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(revalidate.headers.get("if-none-match").unwrap(), "\"v1\"");
+    assert!(revalidate.headers.get("range").is_none());
+    assert_eq!(revalidate.method, Method::GET);
+}
+
+// RFC 9111 §4.3.4: a 304 freshens the stored response.
+#[test]
+fn s4_3_4_not_modified_freshens() {
+    let p = shared();
+    let s = store(
+        &p,
+        &[],
+        &[
+            ("cache-control", "max-age=10"),
+            ("etag", "\"v1\""),
+            ("x-old", "1"),
+        ],
+    );
+    let Reuse::Stale { revalidate, .. } = p.reuse(&s, &req("GET", &[]), secs(20)) else {
+        panic!()
+    };
+    let mut r304 = res(304, &[("cache-control", "max-age=100"), ("etag", "\"v1\"")]);
+    r304.headers.insert("date", date(secs(20)).parse().unwrap());
+    match p.revalidated(&s, &revalidate, &r304, secs(20)) {
+        Revalidated::NotModified { stored, head } => {
+            assert_eq!(head.status, 200);
+            assert_eq!(head.headers.get("x-old").unwrap(), "1");
+            assert_eq!(stored.ttl(secs(20)), Duration::from_secs(100));
+            assert!(matches!(
+                p.reuse(&stored, &req("GET", &[]), secs(50)),
+                Reuse::Fresh
+            ));
+        }
+        Revalidated::Modified => panic!("304 should match"),
+    }
+    let other = res(304, &[("etag", "\"v2\"")]);
+    assert!(matches!(
+        p.revalidated(&s, &revalidate, &other, secs(20)),
+        Revalidated::Modified
+    ));
+}
+
+// RFC 5861.
+#[test]
+fn rfc5861_stale_while_revalidate_window() {
+    let p = shared();
+    let s = store(
+        &p,
+        &[],
+        &[
+            ("cache-control", "max-age=10, stale-while-revalidate=30"),
+            ("etag", "\"v\""),
+        ],
+    );
+    assert!(matches!(
+        p.reuse(&s, &req("GET", &[]), secs(20)),
+        Reuse::Stale {
+            while_revalidate: true,
+            ..
+        }
+    ));
+    assert!(matches!(
+        p.reuse(&s, &req("GET", &[]), secs(41)),
+        Reuse::Stale {
+            while_revalidate: false,
+            ..
+        }
+    ));
+    assert!(matches!(
+        p.reuse(&s, &req("GET", &[("cache-control", "no-cache")]), secs(20)),
+        Reuse::Stale {
+            while_revalidate: false,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn rfc5861_stale_if_error_window() {
+    let p = shared();
+    let s = store(
+        &p,
+        &[],
+        &[
+            ("cache-control", "max-age=10, stale-if-error=60"),
+            ("etag", "\"v\""),
+        ],
+    );
+    assert!(p.stale_if_error(&s, &req("GET", &[]), secs(69)));
+    assert!(!p.stale_if_error(&s, &req("GET", &[]), secs(71)));
+    let plain = store(
+        &p,
+        &[],
+        &[("cache-control", "max-age=10"), ("etag", "\"v\"")],
+    );
+    assert!(!p.stale_if_error(&plain, &req("GET", &[]), secs(20)));
+    assert!(p.stale_if_error(
+        &plain,
+        &req("GET", &[("cache-control", "stale-if-error=100")]),
+        secs(20)
+    ));
+    let strict = store(
+        &p,
+        &[],
+        &[
+            (
+                "cache-control",
+                "max-age=10, stale-if-error=60, must-revalidate",
+            ),
+            ("etag", "\"v\""),
+        ],
+    );
+    assert!(!p.stale_if_error(&strict, &req("GET", &[]), secs(20)));
+}
+
+#[test]
+fn unsafe_methods_invalidate() {
+    for m in ["POST", "PUT", "DELETE", "PATCH", "PURGE"] {
+        assert!(invalidates(&m.parse().unwrap()), "{m}");
+    }
+    for m in ["GET", "HEAD", "OPTIONS", "TRACE"] {
+        assert!(!invalidates(&m.parse().unwrap()), "{m}");
+    }
+}
+
+#[test]
+fn fill_request_strips_client_conditions_and_hop_by_hop() {
+    let r = req(
+        "HEAD",
+        &[
+            ("if-none-match", "\"x\""),
+            ("range", "bytes=0-1"),
+            ("connection", "x-foo"),
+            ("x-foo", "1"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ],
+    );
+    let f = fill_request(&r);
+    assert_eq!(f.method, Method::GET);
+    for h in ["if-none-match", "range", "connection", "x-foo", "te"] {
+        assert!(f.headers.get(h).is_none(), "{h}");
+    }
+    assert_eq!(f.headers.get("accept").unwrap(), "*/*");
+}
