@@ -15,7 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache_status;
-// pub mod engine;
+pub mod engine;
 pub mod key;
 pub mod lru;
 pub mod policy;
@@ -24,7 +24,7 @@ pub mod ring;
 pub mod segment;
 
 pub use cache_status::CacheStatus;
-// pub use engine::{ClientId, Config, Engine, FetchId, Input, Output, ResponseBody, Route};
+pub use engine::{ClientId, Config, Engine, FetchId, Input, Output, ResponseBody, Route};
 pub use key::CacheKey;
 pub use lru::{Admission, Eviction, Lru};
 pub use policy::{CacheMode, NotServed, NotStored, Policy, PolicyConfig};

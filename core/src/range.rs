@@ -73,8 +73,12 @@ impl ByteRange {
     }
 }
 
-/// Resolves specs against a length. `Err(())` means none is satisfiable (416).
-pub fn resolve(specs: &[RangeSpec], total: u64) -> Result<Vec<ByteRange>, ()> {
+/// No range of a request lies within the representation: 416.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
+/// Resolves specs against a length.
+pub fn resolve(specs: &[RangeSpec], total: u64) -> Result<Vec<ByteRange>, Unsatisfiable> {
     let mut out = Vec::new();
     for s in specs {
         let r = match *s {
@@ -96,7 +100,7 @@ pub fn resolve(specs: &[RangeSpec], total: u64) -> Result<Vec<ByteRange>, ()> {
         out.push(r);
     }
     if out.is_empty() {
-        Err(())
+        Err(Unsatisfiable)
     } else {
         Ok(coalesce(out))
     }
@@ -189,7 +193,7 @@ mod tests {
             r("bytes=-100", 50),
             Ok(vec![ByteRange { start: 0, end: 49 }])
         );
-        assert_eq!(r("bytes=60-", 50), Err(()));
+        assert_eq!(r("bytes=60-", 50), Err(Unsatisfiable));
         assert_eq!(
             r("bytes=0-1,2-3,10-12", 50),
             Ok(vec![
@@ -197,7 +201,7 @@ mod tests {
                 ByteRange { start: 10, end: 12 }
             ])
         );
-        assert_eq!(r("bytes=-0", 50), Err(()));
+        assert_eq!(r("bytes=-0", 50), Err(Unsatisfiable));
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl Segments {
         match total {
             Some(t) => match range::resolve(specs, t) {
                 Ok(ranges) => Plan::Segments(self.covering(&ranges)),
-                Err(()) => Plan::Unsatisfiable,
+                Err(_) => Plan::Unsatisfiable,
             },
             None if specs.iter().any(|s| matches!(s, RangeSpec::Suffix(_))) => Plan::NeedLength,
             None => {

@@ -139,7 +139,7 @@ pub enum Reuse {
     Fresh,
     /// Validate first with `revalidate` (conditional when the response had validators).
     Stale {
-        revalidate: request::Parts,
+        revalidate: Box<request::Parts>,
         /// RFC 5861: the stored copy may be served now while the validation runs behind it.
         while_revalidate: bool,
     },
@@ -152,7 +152,7 @@ pub enum Reuse {
 pub enum Revalidated {
     /// 304 matched: keep the body, use the refreshed headers and policy.
     NotModified {
-        stored: Stored,
+        stored: Box<Stored>,
         head: response::Parts,
     },
     /// The origin sent something else: store/serve it as a new response.
@@ -349,13 +349,13 @@ impl Policy {
                     .seconds("stale-while-revalidate")
                     .is_some_and(|w| self.staleness(stored, now) <= w)
                     && !req_cc.has("no-cache")
-                    && !req
+                    && req
                         .headers
                         .get(header::PRAGMA)
-                        .is_some_and(|p| p.as_bytes() == b"no-cache")
+                        .is_none_or(|p| p.as_bytes() != b"no-cache")
                     && !stored.must_revalidate();
                 Reuse::Stale {
-                    revalidate: request,
+                    revalidate: Box::new(request),
                     while_revalidate: swr,
                 }
             }
@@ -412,7 +412,10 @@ impl Policy {
                     shared: stored.shared,
                     set_cookie: stored.set_cookie,
                 };
-                Revalidated::NotModified { stored, head }
+                Revalidated::NotModified {
+                    stored: Box::new(stored),
+                    head,
+                }
             }
             AfterResponse::Modified(..) => Revalidated::Modified,
         }
@@ -442,7 +445,8 @@ impl Policy {
         view
     }
 
-    fn staleness(&self, stored: &Stored, now: SystemTime) -> Duration {
+    /// How long past its freshness lifetime an entry is (zero while fresh).
+    pub fn staleness(&self, stored: &Stored, now: SystemTime) -> Duration {
         stored.policy.age(now).saturating_sub(stored.max_age)
     }
 }

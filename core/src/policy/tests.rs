@@ -53,7 +53,8 @@ fn s3_stores_explicitly_fresh_get() {
 #[test]
 fn s3_refuses_with_reasons() {
     let p = shared();
-    let cases: &[(&str, &[(&str, &str)], u16, &[(&str, &str)], NotStored)] = &[
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(&str, Headers, u16, Headers, NotStored)] = &[
         (
             "POST",
             &[],

@@ -1,0 +1,130 @@
+//! The engine's inputs and outputs: plain values, nothing else crosses the boundary.
+
+use crate::cache_status::CacheStatus;
+use crate::key::CacheKey;
+use bytes::Bytes;
+use http::{request, response};
+
+/// One client request in flight at the adapter (a connection's current request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+/// One upstream request the engine asked the adapter to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FetchId(pub u64);
+
+/// Whether the ring decides where a request is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Forward to the owner unless this node is the owner.
+    ByRing,
+    /// Serve here: the request came from a peer (one hop at most), or every better peer failed.
+    Local,
+}
+
+/// Why an upstream fetch failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Could not connect, TLS failed, or the connection was refused.
+    Connect,
+    /// No head, or no body progress, within the adapter's timeouts.
+    Timeout,
+    /// The body stopped before its end (reset, or shorter than Content-Length).
+    Truncated,
+    /// The upstream sent something that is not HTTP.
+    Protocol,
+}
+
+impl UpstreamError {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "origin-unreachable",
+            UpstreamError::Timeout => "origin-timeout",
+            UpstreamError::Truncated => "origin-truncated",
+            UpstreamError::Protocol => "origin-protocol-error",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Input {
+    /// A client request head (GET/HEAD served here; others pass through). The URI must be
+    /// absolute: the adapter resolves mirror and `/proxy?q=` doors first.
+    Request {
+        client: ClientId,
+        head: request::Parts,
+        route: Route,
+    },
+    /// The head of an upstream response to `Output::Fetch`.
+    UpstreamHead {
+        fetch: FetchId,
+        head: response::Parts,
+    },
+    /// A piece of its body.
+    UpstreamBody { fetch: FetchId, chunk: Bytes },
+    /// The body ended normally.
+    UpstreamEnd { fetch: FetchId },
+    /// The fetch failed (before or after the head).
+    UpstreamError {
+        fetch: FetchId,
+        error: UpstreamError,
+    },
+    /// The client went away; it gets no more outputs.
+    ClientGone { client: ClientId },
+    /// Cluster membership changed.
+    PeersChanged { peers: Vec<String> },
+    /// The time handed out by `poll_timeout` has come.
+    Timeout,
+}
+
+/// How the body of a `Respond` arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// No body (HEAD, 304, 416 ...).
+    Empty,
+    /// The whole body, from cache.
+    Full(Bytes),
+    /// `Body` outputs follow for this client, then `End` or `Abort`.
+    Stream,
+}
+
+#[derive(Debug)]
+pub enum Output {
+    /// Send this head (Cache-Status and Age already set) to the client.
+    Respond {
+        client: ClientId,
+        head: response::Parts,
+        body: ResponseBody,
+    },
+    /// Next piece of a streamed body.
+    Body { client: ClientId, chunk: Bytes },
+    /// The streamed body is complete.
+    End { client: ClientId },
+    /// The streamed body cannot be completed: close the connection so the client sees a
+    /// truncated response, never a short one that looks whole.
+    Abort { client: ClientId },
+    /// Another peer owns the key: forward the request to `peers[0]`, falling back in order;
+    /// when all fail, hand it back with `Route::Local`.
+    Forward {
+        client: ClientId,
+        key: CacheKey,
+        peers: Vec<String>,
+    },
+    /// Not for the cache: send the request (and its body) upstream unchanged and relay the
+    /// answer, adding `status` as Cache-Status. Unsafe methods were already invalidated.
+    Pass {
+        client: ClientId,
+        status: CacheStatus,
+    },
+    /// Make this upstream request and report its head, body, end or error.
+    Fetch {
+        fetch: FetchId,
+        request: request::Parts,
+    },
+    /// Nobody needs this fetch any more: stop it and send no further inputs for it.
+    CancelFetch { fetch: FetchId },
+    /// A response was stored under `key`.
+    Stored { key: CacheKey, bytes: u64 },
+    /// An entry was dropped to make room (or invalidated): free its storage.
+    Evicted { key: CacheKey, bytes: u64 },
+}

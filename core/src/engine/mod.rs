@@ -1,0 +1,1043 @@
+//! The engine: one state machine that combines routing, lookup, coalescing, fetching,
+//! storing and eviction.
+//!
+//! Driven like str0m's `Rtc`: one mutation with [`Engine::handle_input`], then drain
+//! [`Engine::poll_output`] until `None`, then wait for I/O or [`Engine::poll_timeout`].
+//! Every decision is an [`Output`]; the adapter only moves bytes and keeps time.
+
+mod io;
+mod respond;
+mod store;
+
+pub use io::{ClientId, FetchId, Input, Output, ResponseBody, Route, UpstreamError};
+pub use store::Entry;
+
+use crate::cache_status::{CacheStatus, Fwd};
+use crate::key::CacheKey;
+use crate::policy::{self, NotStored, Policy, PolicyConfig, Reuse, Revalidated, Stored};
+use crate::range;
+use crate::ring::{PeerSelection, RingKind};
+use crate::segment::{self, Plan, SegmentAnswer, Segments};
+use bytes::{Bytes, BytesMut};
+use hashbrown::HashMap;
+use http::{Method, StatusCode, header, request, response};
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
+use store::Store;
+
+/// Everything the engine is told at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub policy: PolicyConfig,
+    /// Bytes of memory for stored responses.
+    pub memory: u64,
+    pub ring: RingKind,
+    /// This node's peer id (its URL), when it is part of a cluster.
+    pub self_id: Option<String>,
+    /// Every peer, this one included or not.
+    pub peers: Vec<String>,
+    /// Range segment size; `None` turns segment fetching off.
+    pub segment_size: Option<u64>,
+    /// How long a request waits behind another's fetch before fetching on its own.
+    pub collapse_timeout: Duration,
+    /// How long a key whose response could not be stored skips coalescing (hit-for-miss).
+    pub hit_for_miss: Duration,
+    /// Regular expressions over path and query: matching requests are never cached.
+    pub passthrough: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            policy: PolicyConfig::default(),
+            memory: 256 << 20,
+            ring: RingKind::Rendezvous,
+            self_id: None,
+            peers: Vec::new(),
+            segment_size: Some(segment::DEFAULT_SEGMENT_SIZE),
+            collapse_timeout: Duration::from_secs(5),
+            hit_for_miss: Duration::from_secs(120),
+            passthrough: Vec::new(),
+        }
+    }
+}
+
+/// A bad configuration value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug)]
+struct Client {
+    req: request::Parts,
+    key: CacheKey,
+    fetch: Option<FetchId>,
+    streaming: bool,
+    /// Absolute byte window still to deliver when streaming a range.
+    window: Option<range::ByteRange>,
+    deadline: Option<SystemTime>,
+    collapsed: bool,
+    fwd: Fwd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FetchKind {
+    Fill,
+    Revalidate { variant: u64 },
+    Segment { index: u64 },
+}
+
+#[derive(Debug)]
+struct Fetch {
+    /// The key this fetch fills (a segment key for segment fetches).
+    key: CacheKey,
+    object_key: CacheKey,
+    sent: request::Parts,
+    kind: FetchKind,
+    /// Listed in `flights`: later requests for the key wait on it.
+    joinable: bool,
+    clients: Vec<ClientId>,
+    /// The head as clients see it (a segment's 200 view carries the whole length).
+    head: Option<response::Parts>,
+    storing: Option<Stored>,
+    not_stored: Option<NotStored>,
+    chunks: Vec<Bytes>,
+    received: u64,
+    /// Offset of the first body byte within the object (segment start).
+    base: u64,
+    total: Option<u64>,
+    declared: Option<u64>,
+    upstream_status: Option<u16>,
+    retried: bool,
+}
+
+/// The sans-IO caching proxy.
+pub struct Engine {
+    config: Config,
+    policy: Policy,
+    ring: PeerSelection,
+    passthrough: Vec<regex_lite::Regex>,
+    store: Store,
+    segments_of: HashMap<CacheKey, Vec<u64>>,
+    clients: HashMap<ClientId, Client>,
+    fetches: HashMap<FetchId, Fetch>,
+    flights: HashMap<CacheKey, FetchId>,
+    hit_for_miss: HashMap<CacheKey, SystemTime>,
+    outputs: VecDeque<Output>,
+    next_fetch: u64,
+    now: SystemTime,
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        let passthrough = config
+            .passthrough
+            .iter()
+            .map(|p| {
+                regex_lite::Regex::new(p)
+                    .map_err(|e| ConfigError(format!("passthrough {p:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if config.segment_size == Some(0) {
+            return Err(ConfigError("segment size must be positive".into()));
+        }
+        Ok(Engine {
+            policy: Policy::new(config.policy.clone()),
+            ring: PeerSelection::new(config.ring, &config.peers),
+            store: Store::new(config.memory, config.policy.max_object_size),
+            passthrough,
+            config,
+            segments_of: HashMap::new(),
+            clients: HashMap::new(),
+            fetches: HashMap::new(),
+            flights: HashMap::new(),
+            hit_for_miss: HashMap::new(),
+            outputs: VecDeque::new(),
+            next_fetch: 0,
+            now: SystemTime::UNIX_EPOCH,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn ring(&self) -> &PeerSelection {
+        &self.ring
+    }
+
+    /// Bytes and entries held in memory.
+    pub fn stored_bytes(&self) -> u64 {
+        self.store.bytes()
+    }
+
+    pub fn stored_entries(&self) -> usize {
+        self.store.len()
+    }
+
+    /// Requests and fetches the engine is tracking (zero when idle: nothing leaks).
+    pub fn in_flight(&self) -> (usize, usize) {
+        (self.clients.len(), self.fetches.len())
+    }
+
+    /// The next output, or `None` when drained.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When to deliver `Input::Timeout` next.
+    pub fn poll_timeout(&self) -> Option<SystemTime> {
+        self.clients.values().filter_map(|c| c.deadline).min()
+    }
+
+    /// Applies one input at `now`.
+    pub fn handle_input(&mut self, now: SystemTime, input: Input) {
+        self.now = now;
+        match input {
+            Input::Request {
+                client,
+                head,
+                route,
+            } => self.on_request(client, head, route),
+            Input::UpstreamHead { fetch, head } => self.on_head(fetch, head),
+            Input::UpstreamBody { fetch, chunk } => self.on_body(fetch, chunk),
+            Input::UpstreamEnd { fetch } => self.on_end(fetch),
+            Input::UpstreamError { fetch, error } => self.on_error(fetch, error),
+            Input::ClientGone { client } => self.on_client_gone(client),
+            Input::PeersChanged { peers } => {
+                self.ring = PeerSelection::new(self.config.ring, &peers);
+                self.config.peers = peers;
+            }
+            Input::Timeout => self.on_timeout(),
+        }
+    }
+
+    // ---- requests -------------------------------------------------------------------
+
+    fn on_request(&mut self, cid: ClientId, mut head: request::Parts, route: Route) {
+        let key = match CacheKey::from_uri(&head.uri) {
+            Ok(k) => k,
+            Err(e) => {
+                let status = CacheStatus::fwd(Fwd::Bypass).with_detail("bad-target");
+                self.respond_error(cid, StatusCode::BAD_REQUEST, status, e.to_string());
+                return;
+            }
+        };
+        if let Ok(uri) = key.as_str().parse() {
+            head.uri = uri;
+        }
+        if route == Route::ByRing {
+            if let Some(me) = self.config.self_id.as_deref() {
+                let prefs = self.ring.preference(key.as_bytes());
+                if prefs.first().is_some_and(|owner| *owner != me) {
+                    let peers = prefs
+                        .into_iter()
+                        .filter(|p| *p != me)
+                        .map(str::to_owned)
+                        .collect();
+                    self.outputs.push_back(Output::Forward {
+                        client: cid,
+                        key,
+                        peers,
+                    });
+                    return;
+                }
+            }
+        }
+        if !policy::is_cacheable_method(&head.method) {
+            if policy::invalidates(&head.method) {
+                self.invalidate(&key);
+            }
+            self.outputs.push_back(Output::Pass {
+                client: cid,
+                status: CacheStatus::fwd(Fwd::Method),
+            });
+            return;
+        }
+        let pq = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        if self.passthrough.iter().any(|r| r.is_match(pq)) {
+            let status = CacheStatus::fwd(Fwd::Bypass).with_detail("passthrough");
+            self.outputs.push_back(Output::Pass {
+                client: cid,
+                status,
+            });
+            return;
+        }
+        let mut client = Client {
+            req: head,
+            key: key.clone(),
+            fetch: None,
+            streaming: false,
+            window: None,
+            deadline: None,
+            collapsed: false,
+            fwd: Fwd::UriMiss,
+        };
+        // Stored variants, best first.
+        let mut stale: Option<(u64, request::Parts)> = None;
+        let ids: Vec<u64> = self.store.variants(&key).to_vec();
+        for id in ids {
+            let Some(entry) = self.store.get(id) else {
+                continue;
+            };
+            let reuse = self.policy.reuse(&entry.stored, &client.req, self.now);
+            let ttl = entry.stored.ttl(self.now).as_secs() as i64;
+            let age = entry.stored.age(self.now).as_secs() as i64;
+            let staleness = self.now_staleness(id);
+            match reuse {
+                Reuse::Fresh => {
+                    self.store.touch(id);
+                    self.clients.insert(cid, client);
+                    self.answer_from_entry(cid, id, CacheStatus::hit(ttl));
+                    return;
+                }
+                Reuse::Stale {
+                    revalidate,
+                    while_revalidate,
+                } => {
+                    if while_revalidate {
+                        self.store.touch(id);
+                        let _ = (ttl, age);
+                        let mut status = CacheStatus::hit(-staleness);
+                        status.detail = Some("stale-while-revalidate");
+                        self.clients.insert(cid, client);
+                        self.answer_from_entry(cid, id, status);
+                        if !self.flights.contains_key(&key) {
+                            let fid = self.start_fetch(
+                                key.clone(),
+                                key.clone(),
+                                *revalidate,
+                                FetchKind::Revalidate { variant: id },
+                            );
+                            self.flights.insert(key, fid);
+                        }
+                        return;
+                    }
+                    stale = Some((id, *revalidate));
+                    break;
+                }
+                Reuse::NoMatch(_) => client.fwd = Fwd::VaryMiss,
+            }
+        }
+        if let Some((_, _)) = &stale {
+            let cc = policy::directives::Directives::parse(&client.req.headers);
+            client.fwd = if cc.has("no-cache") || cc.has("max-age") || cc.has("min-fresh") {
+                Fwd::Request
+            } else {
+                Fwd::Stale
+            };
+        }
+        if policy::directives::Directives::parse(&client.req.headers).has("only-if-cached") {
+            let status = CacheStatus::fwd(client.fwd).with_detail("only-if-cached");
+            self.respond_error(
+                cid,
+                StatusCode::GATEWAY_TIMEOUT,
+                status,
+                "not in cache (only-if-cached)".into(),
+            );
+            return;
+        }
+        if let Some(until) = self.hit_for_miss.get(&key).copied() {
+            if until > self.now {
+                let status = CacheStatus::fwd(Fwd::Bypass).with_detail("hit-for-miss");
+                self.outputs.push_back(Output::Pass {
+                    client: cid,
+                    status,
+                });
+                return;
+            }
+            self.hit_for_miss.remove(&key);
+        }
+        // Wait behind a fetch already under way for this key.
+        if let Some(&fid) = self.flights.get(&key) {
+            if self.fetches.get(&fid).is_some_and(|f| f.joinable) {
+                client.collapsed = true;
+                client.fetch = Some(fid);
+                client.deadline = Some(self.now + self.config.collapse_timeout);
+                self.clients.insert(cid, client);
+                let f = self.fetches.get_mut(&fid).expect("checked");
+                f.clients.push(cid);
+                if f.head.is_some() {
+                    self.start_stream(cid, fid);
+                }
+                return;
+            }
+        }
+        if stale.is_none() && self.try_segment(cid, &mut client) {
+            return;
+        }
+        let (kind, sent) = match stale {
+            Some((variant, revalidate)) => (FetchKind::Revalidate { variant }, revalidate),
+            None => (FetchKind::Fill, policy::fill_request(&client.req)),
+        };
+        client.deadline = None;
+        let fid = self.start_fetch(key.clone(), key.clone(), sent, kind);
+        client.fetch = Some(fid);
+        self.clients.insert(cid, client);
+        self.fetches
+            .get_mut(&fid)
+            .expect("just made")
+            .clients
+            .push(cid);
+        self.flights.insert(key, fid);
+    }
+
+    /// A GET for one range inside one segment of an object not stored whole: serve it from
+    /// that segment, fetching only the segment. True when handled.
+    fn try_segment(&mut self, cid: ClientId, client: &mut Client) -> bool {
+        let Some(size) = self.config.segment_size else {
+            return false;
+        };
+        if client.req.method != Method::GET || client.req.headers.contains_key(header::IF_RANGE) {
+            return false;
+        }
+        let Some(specs) = client
+            .req
+            .headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(range::parse)
+        else {
+            return false;
+        };
+        if specs.len() != 1 {
+            return false;
+        }
+        let segs = Segments::new(size);
+        let known_total = self
+            .segments_of
+            .get(&client.key)
+            .and_then(|ix| ix.first())
+            .and_then(|i| {
+                self.store
+                    .variants(&client.key.segment(*i))
+                    .first()
+                    .copied()
+            })
+            .and_then(|id| self.store.get(id)?.total);
+        let index = match segs.plan(&specs, known_total) {
+            Plan::Segments(ix) if ix.len() == 1 => ix[0],
+            _ => return false,
+        };
+        let seg_key = client.key.segment(index);
+        let ids: Vec<u64> = self.store.variants(&seg_key).to_vec();
+        for id in ids {
+            let Some(entry) = self.store.get(id) else {
+                continue;
+            };
+            let ttl = entry.stored.ttl(self.now).as_secs() as i64;
+            if let Reuse::Fresh = self.policy.reuse(&entry.stored, &client.req, self.now) {
+                self.store.touch(id);
+                let mut status = CacheStatus::hit(ttl);
+                status.detail = Some("segment");
+                let c = std::mem::replace(client, placeholder_client(&client.key));
+                self.clients.insert(cid, c);
+                self.answer_from_entry(cid, id, status);
+                return true;
+            }
+        }
+        let mut c = std::mem::replace(client, placeholder_client(&client.key));
+        if let Some(&fid) = self.flights.get(&seg_key) {
+            if self.fetches.get(&fid).is_some_and(|f| f.joinable) {
+                c.collapsed = true;
+                c.fetch = Some(fid);
+                c.deadline = Some(self.now + self.config.collapse_timeout);
+                self.clients.insert(cid, c);
+                let f = self.fetches.get_mut(&fid).expect("checked");
+                f.clients.push(cid);
+                if f.head.is_some() {
+                    self.start_stream(cid, fid);
+                }
+                return true;
+            }
+        }
+        let mut sent = policy::fill_request(&c.req);
+        sent.headers.insert(
+            header::RANGE,
+            segs.range_header(index).parse().expect("ascii"),
+        );
+        let fid = self.start_fetch(
+            seg_key.clone(),
+            c.key.clone(),
+            sent,
+            FetchKind::Segment { index },
+        );
+        c.fetch = Some(fid);
+        self.clients.insert(cid, c);
+        let f = self.fetches.get_mut(&fid).expect("just made");
+        f.clients.push(cid);
+        f.base = index * size;
+        self.flights.insert(seg_key, fid);
+        true
+    }
+
+    fn start_fetch(
+        &mut self,
+        key: CacheKey,
+        object_key: CacheKey,
+        sent: request::Parts,
+        kind: FetchKind,
+    ) -> FetchId {
+        let fid = FetchId(self.next_fetch);
+        self.next_fetch += 1;
+        let request = clone_request(&sent);
+        self.fetches.insert(
+            fid,
+            Fetch {
+                key,
+                object_key,
+                sent,
+                kind,
+                joinable: true,
+                clients: Vec::new(),
+                head: None,
+                storing: None,
+                not_stored: None,
+                chunks: Vec::new(),
+                received: 0,
+                base: 0,
+                total: None,
+                declared: None,
+                upstream_status: None,
+                retried: false,
+            },
+        );
+        self.outputs.push_back(Output::Fetch {
+            fetch: fid,
+            request,
+        });
+        fid
+    }
+
+    /// Drops every stored response for `key` and its segments (RFC 9111 §4.4).
+    fn invalidate(&mut self, key: &CacheKey) {
+        let mut dropped = self.store.remove_key(key);
+        for i in self.segments_of.remove(key).unwrap_or_default() {
+            dropped.extend(self.store.remove_key(&key.segment(i)));
+        }
+        for (key, bytes) in dropped {
+            self.outputs.push_back(Output::Evicted { key, bytes });
+        }
+    }
+
+    // ---- upstream ---------------------------------------------------------------------
+
+    fn on_head(&mut self, fid: FetchId, mut head: response::Parts) {
+        let now = self.now;
+        let Some(f) = self.fetches.get_mut(&fid) else {
+            return;
+        };
+        if f.head.is_some() {
+            return;
+        }
+        policy::strip_hop_by_hop(&mut head.headers);
+        f.upstream_status = Some(head.status.as_u16());
+        match f.kind {
+            FetchKind::Revalidate { variant } => {
+                if head.status == StatusCode::NOT_MODIFIED {
+                    let outcome = self
+                        .store
+                        .get(variant)
+                        .map(|e| self.policy.revalidated(&e.stored, &f.sent, &head, now));
+                    if let Some(Revalidated::NotModified {
+                        stored,
+                        head: merged,
+                    }) = outcome
+                    {
+                        let entry = self.store.get_mut(variant).expect("checked");
+                        entry.stored = *stored;
+                        entry.head = merged;
+                        self.store.touch(variant);
+                        self.finish_from_entry(fid, variant, true);
+                        return;
+                    }
+                }
+                if head.status.is_server_error()
+                    && self.serve_stale_on_error(fid, variant, "stale-if-error")
+                {
+                    return;
+                }
+                // A full answer replaces the stored one; a 304 we cannot match is retried.
+                let f = self.fetches.get_mut(&fid).expect("exists");
+                if head.status == StatusCode::NOT_MODIFIED {
+                    f.sent = policy::fill_request(&f.sent);
+                    f.kind = FetchKind::Fill;
+                    let clients = std::mem::take(&mut f.clients);
+                    self.drop_fetch(fid, true);
+                    self.refetch(clients);
+                    return;
+                }
+                f.kind = FetchKind::Fill;
+            }
+            FetchKind::Segment { index } => {
+                let segs = Segments::new(
+                    self.config
+                        .segment_size
+                        .unwrap_or(segment::DEFAULT_SEGMENT_SIZE),
+                );
+                match segs.check(index, head.status, &head.headers) {
+                    Ok(SegmentAnswer::Segment { range, total }) => {
+                        f.total = Some(total);
+                        f.declared = Some(range.len());
+                        // Judge and store the segment as the 200 it is a piece of.
+                        let mut view = head;
+                        view.status = StatusCode::OK;
+                        view.headers.remove(header::CONTENT_RANGE);
+                        view.headers
+                            .insert(header::CONTENT_LENGTH, range.len().into());
+                        let decision =
+                            self.policy
+                                .storable(&policy::fill_request(&f.sent), &view, now);
+                        let (storing, not_stored) = split(decision);
+                        f.storing = storing;
+                        f.not_stored = not_stored;
+                        view.headers.insert(header::CONTENT_LENGTH, total.into());
+                        f.head = Some(view);
+                        self.after_head(fid);
+                        return;
+                    }
+                    Ok(SegmentAnswer::WholeObject) => {
+                        // The origin ignores Range: this is the whole object, a normal fill.
+                        let object_key = f.object_key.clone();
+                        if self.flights.get(&f.key) == Some(&fid) {
+                            let k = f.key.clone();
+                            self.flights.remove(&k);
+                        }
+                        f.key = object_key.clone();
+                        f.base = 0;
+                        f.kind = FetchKind::Fill;
+                        f.sent.headers.remove(header::RANGE);
+                        self.flights.entry(object_key).or_insert(fid);
+                    }
+                    Err(e) => {
+                        let detail = match e {
+                            segment::SegmentError::Status(_) => "segment-status",
+                            segment::SegmentError::BadContentRange => "segment-bad-content-range",
+                            segment::SegmentError::Mismatch => "segment-mismatch",
+                        };
+                        self.fail_waiting(fid, StatusCode::BAD_GATEWAY, detail);
+                        self.drop_fetch(fid, true);
+                        return;
+                    }
+                }
+            }
+            FetchKind::Fill => {}
+        }
+        let f = self.fetches.get_mut(&fid).expect("exists");
+        f.declared = policy::content_length(&head.headers);
+        f.total = f.declared;
+        let (storing, not_stored) = split(self.policy.storable(&f.sent, &head, now));
+        f.storing = storing;
+        f.not_stored = not_stored;
+        f.head = Some(head);
+        self.after_head(fid);
+    }
+
+    /// Head known: decide who may share it, then start every client's response.
+    fn after_head(&mut self, fid: FetchId) {
+        let f = self.fetches.get_mut(&fid).expect("exists");
+        let mut released = Vec::new();
+        if f.storing.is_none() {
+            // Not storable (except for our own size limit): the response may be meant for
+            // the leader alone. Release the followers; remember the key (hit-for-miss).
+            let shareable = matches!(f.not_stored, Some(NotStored::TooLarge));
+            if !shareable {
+                if f.clients.len() > 1 {
+                    released = f.clients.split_off(1);
+                }
+                if !matches!(f.not_stored, Some(NotStored::RequestNoStore)) {
+                    let until = self.now + self.config.hit_for_miss;
+                    self.hit_for_miss.insert(f.key.clone(), until);
+                }
+            }
+            f.joinable = false;
+            f.chunks.clear();
+            let key = f.key.clone();
+            if self.flights.get(&key) == Some(&fid) {
+                self.flights.remove(&key);
+            }
+        } else if let Some(head) = &f.head {
+            // Followers whose Vary selection differs from the leader's must fetch their own.
+            let vary = policy::vary::VaryKey::of(&f.sent.headers, &head.headers);
+            let (keep, other): (Vec<ClientId>, Vec<ClientId>) = f.clients.iter().partition(|c| {
+                self.clients
+                    .get(*c)
+                    .is_some_and(|c| vary.matches(&c.req.headers))
+            });
+            f.clients = keep;
+            released = other;
+        }
+        for c in &released {
+            if let Some(c) = self.clients.get_mut(c) {
+                c.fetch = None;
+            }
+        }
+        let clients = self.fetches[&fid].clients.clone();
+        for cid in clients {
+            self.start_stream(cid, fid);
+        }
+        self.refetch_unshared(released);
+        self.maybe_finish(fid);
+    }
+
+    fn on_body(&mut self, fid: FetchId, chunk: Bytes) {
+        let max = self.config.policy.max_object_size;
+        let Some(f) = self.fetches.get_mut(&fid) else {
+            return;
+        };
+        if f.head.is_none() || chunk.is_empty() {
+            return;
+        }
+        let offset = f.base + f.received;
+        f.received += chunk.len() as u64;
+        if f.storing.is_some() || f.joinable {
+            if f.received > max {
+                // Too large after all (no Content-Length said so): stream on, keep nothing.
+                f.storing = None;
+                f.not_stored = Some(NotStored::TooLarge);
+                f.chunks = Vec::new();
+                f.joinable = false;
+                let key = f.key.clone();
+                if self.flights.get(&key) == Some(&fid) {
+                    self.flights.remove(&key);
+                }
+            } else {
+                f.chunks.push(chunk.clone());
+            }
+        }
+        let clients = self.fetches[&fid].clients.clone();
+        for cid in clients {
+            self.deliver(cid, offset, &chunk);
+        }
+        self.maybe_finish(fid);
+    }
+
+    fn on_end(&mut self, fid: FetchId) {
+        let Some(f) = self.fetches.get(&fid) else {
+            return;
+        };
+        if f.head.is_none() {
+            self.on_error(fid, UpstreamError::Protocol);
+            return;
+        }
+        if f.declared.is_some_and(|d| d != f.received) {
+            self.on_error(fid, UpstreamError::Truncated);
+            return;
+        }
+        let mut f = self.fetches.remove(&fid).expect("exists");
+        if self.flights.get(&f.key) == Some(&fid) {
+            self.flights.remove(&f.key);
+        }
+        if let (Some(stored), Some(mut head)) = (f.storing.take(), f.head.take()) {
+            let body = concat(std::mem::take(&mut f.chunks));
+            let total = match f.kind {
+                FetchKind::Segment { .. } => {
+                    head.headers
+                        .insert(header::CONTENT_LENGTH, body.len().into());
+                    f.total
+                }
+                _ => {
+                    head.headers
+                        .insert(header::CONTENT_LENGTH, body.len().into());
+                    None
+                }
+            };
+            let (id, dropped) = self.store.insert(f.key.clone(), stored, head, body, total);
+            if let (Some(_), FetchKind::Segment { index }) = (id, f.kind) {
+                let ix = self.segments_of.entry(f.object_key.clone()).or_default();
+                if !ix.contains(&index) {
+                    ix.push(index);
+                }
+            }
+            if let Some(id) = id {
+                let bytes = self.store.get(id).map(|e| e.body.len() as u64).unwrap_or(0);
+                self.outputs.push_back(Output::Stored {
+                    key: f.key.clone(),
+                    bytes,
+                });
+            }
+            for (key, bytes) in dropped {
+                self.outputs.push_back(Output::Evicted { key, bytes });
+            }
+        }
+        for cid in f.clients {
+            if let Some(c) = self.clients.remove(&cid) {
+                if c.streaming {
+                    self.outputs.push_back(Output::End { client: cid });
+                }
+            }
+        }
+    }
+
+    fn on_error(&mut self, fid: FetchId, error: UpstreamError) {
+        let Some(f) = self.fetches.get(&fid) else {
+            return;
+        };
+        if f.head.is_none() {
+            if let FetchKind::Revalidate { variant } = f.kind {
+                if self.serve_stale_on_error(fid, variant, "stale-if-error") {
+                    return;
+                }
+            }
+            let f = self.fetches.get_mut(&fid).expect("exists");
+            // The first client gets the error; the others get a new leader and one more try.
+            let mut rest = if f.clients.len() > 1 && !f.retried {
+                f.clients.split_off(1)
+            } else {
+                Vec::new()
+            };
+            let status = if error == UpstreamError::Timeout {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            self.fail_waiting(fid, status, error.as_str());
+            self.drop_fetch(fid, false);
+            if let Some(&first) = rest.first() {
+                let Some(c) = self.clients.get(&first) else {
+                    return;
+                };
+                let (key, sent) = (c.key.clone(), policy::fill_request(&c.req));
+                let nf = self.start_fetch(key.clone(), key.clone(), sent, FetchKind::Fill);
+                self.flights.insert(key, nf);
+                let f = self.fetches.get_mut(&nf).expect("just made");
+                f.retried = true;
+                for cid in &rest {
+                    if let Some(c) = self.clients.get_mut(cid) {
+                        c.fetch = Some(nf);
+                    }
+                }
+                f.clients.append(&mut rest);
+            }
+            return;
+        }
+        // Mid-body: everyone streaming sees an aborted response; nothing is stored.
+        let f = self.fetches.remove(&fid).expect("exists");
+        if self.flights.get(&f.key) == Some(&fid) {
+            self.flights.remove(&f.key);
+        }
+        for cid in f.clients {
+            if let Some(c) = self.clients.remove(&cid) {
+                if c.streaming {
+                    self.outputs.push_back(Output::Abort { client: cid });
+                } else {
+                    let status = CacheStatus::fwd(c.fwd).with_detail(error.as_str());
+                    self.clients.insert(cid, c);
+                    self.respond_error(
+                        cid,
+                        StatusCode::BAD_GATEWAY,
+                        status,
+                        "upstream failed".into(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_client_gone(&mut self, cid: ClientId) {
+        let Some(c) = self.clients.remove(&cid) else {
+            return;
+        };
+        let Some(fid) = c.fetch else { return };
+        let Some(f) = self.fetches.get_mut(&fid) else {
+            return;
+        };
+        f.clients.retain(|x| *x != cid);
+        // A fill worth storing goes on for later requests; anything else stops.
+        if f.clients.is_empty() && f.storing.is_none() && f.head.is_some() {
+            self.drop_fetch(fid, true);
+        }
+    }
+
+    fn on_timeout(&mut self) {
+        let now = self.now;
+        let expired: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now) && !c.streaming)
+            .map(|(id, _)| *id)
+            .collect();
+        for cid in &expired {
+            let Some(c) = self.clients.get_mut(cid) else {
+                continue;
+            };
+            c.deadline = None;
+            if let Some(fid) = c.fetch.take() {
+                if let Some(f) = self.fetches.get_mut(&fid) {
+                    f.clients.retain(|x| x != cid);
+                }
+            }
+        }
+        self.refetch_unshared(expired);
+        self.hit_for_miss.retain(|_, until| *until > now);
+    }
+
+    // ---- helpers ----------------------------------------------------------------------
+
+    /// Gives each released client a fetch of its own, not shared with anyone.
+    fn refetch_unshared(&mut self, clients: Vec<ClientId>) {
+        for cid in clients {
+            let Some(c) = self.clients.get(&cid) else {
+                continue;
+            };
+            let (key, sent) = (c.key.clone(), policy::fill_request(&c.req));
+            let fid = self.start_fetch(key.clone(), key, sent, FetchKind::Fill);
+            let f = self.fetches.get_mut(&fid).expect("just made");
+            f.joinable = false;
+            f.clients.push(cid);
+            let c = self.clients.get_mut(&cid).expect("checked");
+            c.fetch = Some(fid);
+            c.deadline = None;
+        }
+    }
+
+    /// Re-runs requests from scratch (their previous fetch is gone).
+    fn refetch(&mut self, clients: Vec<ClientId>) {
+        for cid in clients {
+            if let Some(c) = self.clients.remove(&cid) {
+                self.on_request(cid, c.req, Route::Local);
+            }
+        }
+    }
+
+    fn serve_stale_on_error(&mut self, fid: FetchId, variant: u64, detail: &'static str) -> bool {
+        let Some(entry) = self.store.get(variant) else {
+            return false;
+        };
+        let f = &self.fetches[&fid];
+        let clients: Vec<ClientId> = f.clients.clone();
+        let all_allow = clients.iter().all(|c| {
+            self.clients
+                .get(c)
+                .is_some_and(|c| self.policy.stale_if_error(&entry.stored, &c.req, self.now))
+        });
+        if !all_allow {
+            return false;
+        }
+        let status = f.upstream_status;
+        let staleness = self.now_staleness(variant);
+        self.drop_fetch(fid, true);
+        for cid in clients {
+            let mut s = CacheStatus::hit(-staleness);
+            s.fwd = Some(Fwd::Stale);
+            s.fwd_status = status;
+            s.detail = Some(detail);
+            self.answer_from_entry(cid, variant, s);
+        }
+        true
+    }
+
+    /// Seconds an entry is past its freshness (0 while fresh), for `Cache-Status: ttl=-N`.
+    fn now_staleness(&self, id: u64) -> i64 {
+        self.store.get(id).map_or(0, |e| {
+            self.policy.staleness(&e.stored, self.now).as_secs() as i64
+        })
+    }
+
+    /// A revalidation ended in 304: every waiting client is answered from the entry.
+    fn finish_from_entry(&mut self, fid: FetchId, variant: u64, stored: bool) {
+        let f = self.fetches.get(&fid).expect("exists");
+        let clients = f.clients.clone();
+        self.drop_fetch(fid, false);
+        for cid in clients {
+            let Some(c) = self.clients.get(&cid) else {
+                continue;
+            };
+            let mut s = CacheStatus::fwd(c.fwd);
+            s.fwd_status = Some(304);
+            s.stored = stored;
+            s.collapsed = c.collapsed;
+            self.answer_from_entry(cid, variant, s);
+        }
+    }
+
+    /// Forgets a fetch; tells the adapter to stop it when `cancel`.
+    fn drop_fetch(&mut self, fid: FetchId, cancel: bool) {
+        if let Some(f) = self.fetches.remove(&fid) {
+            if self.flights.get(&f.key) == Some(&fid) {
+                self.flights.remove(&f.key);
+            }
+            if cancel {
+                self.outputs.push_back(Output::CancelFetch { fetch: fid });
+            }
+        }
+    }
+
+    /// Answers every client of a fetch that has not seen a head yet with an error.
+    fn fail_waiting(&mut self, fid: FetchId, status: StatusCode, detail: &'static str) {
+        let clients = self
+            .fetches
+            .get(&fid)
+            .map(|f| f.clients.clone())
+            .unwrap_or_default();
+        for cid in clients {
+            let Some(c) = self.clients.get(&cid) else {
+                continue;
+            };
+            let mut s = CacheStatus::fwd(c.fwd).with_detail(detail);
+            s.collapsed = c.collapsed;
+            self.respond_error(cid, status, s, format!("upstream failed: {detail}"));
+        }
+    }
+
+    /// A fetch with no clients left and nothing to store ends early.
+    fn maybe_finish(&mut self, fid: FetchId) {
+        if let Some(f) = self.fetches.get(&fid) {
+            if f.clients.is_empty() && f.storing.is_none() && f.head.is_some() {
+                self.drop_fetch(fid, true);
+            }
+        }
+    }
+}
+
+fn split(d: Result<Stored, NotStored>) -> (Option<Stored>, Option<NotStored>) {
+    match d {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e)),
+    }
+}
+
+fn concat(chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.into_iter().next().expect("one"),
+        _ => {
+            let mut b = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in chunks {
+                b.extend_from_slice(&c);
+            }
+            b.freeze()
+        }
+    }
+}
+
+fn clone_request(r: &request::Parts) -> request::Parts {
+    let mut b = http::Request::builder()
+        .method(r.method.clone())
+        .uri(r.uri.clone())
+        .version(r.version);
+    if let Some(h) = b.headers_mut() {
+        *h = r.headers.clone();
+    }
+    b.body(()).expect("valid parts").into_parts().0
+}
+
+fn placeholder_client(key: &CacheKey) -> Client {
+    Client {
+        req: http::Request::new(()).into_parts().0,
+        key: key.clone(),
+        fetch: None,
+        streaming: false,
+        window: None,
+        deadline: None,
+        collapsed: false,
+        fwd: Fwd::UriMiss,
+    }
+}

@@ -1,0 +1,325 @@
+//! Building what a client receives: from a stored entry, from a fill as it streams, or an
+//! error. Client preconditions (304), ranges (206/416) and HEAD are applied here.
+
+use super::{ClientId, Engine, FetchId, Output, ResponseBody};
+use crate::cache_status::CacheStatus;
+use crate::policy::conditional;
+use crate::range::{self, ByteRange};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, StatusCode, header, response};
+
+/// What a client gets for a representation of `total` bytes.
+enum Shape {
+    Whole,
+    Head,
+    NotModified,
+    Single(ByteRange),
+    Multi(Vec<ByteRange>),
+    Unsatisfiable,
+}
+
+fn shape(req: &http::request::Parts, head: &response::Parts, total: Option<u64>) -> Shape {
+    if head.status == StatusCode::OK && conditional::is_not_modified(&req.headers, &head.headers) {
+        return Shape::NotModified;
+    }
+    if req.method == Method::HEAD {
+        return Shape::Head;
+    }
+    let (Some(total), StatusCode::OK) = (total, head.status) else {
+        return Shape::Whole;
+    };
+    let Some(specs) = req
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(range::parse)
+    else {
+        return Shape::Whole;
+    };
+    if !conditional::if_range_holds(&req.headers, &head.headers) {
+        return Shape::Whole;
+    }
+    match range::resolve(&specs, total) {
+        Err(_) => Shape::Unsatisfiable,
+        Ok(r) if r.len() == 1 => Shape::Single(r[0]),
+        Ok(r) => Shape::Multi(r),
+    }
+}
+
+fn set_status_headers(head: &mut response::Parts, status: &CacheStatus, age: Option<u64>) {
+    if let Some(age) = age {
+        head.headers.insert(header::AGE, age.into());
+    }
+    head.headers.insert(
+        header::HeaderName::from_static("cache-status"),
+        status.to_header_value(),
+    );
+}
+
+fn not_modified(head: &response::Parts) -> response::Parts {
+    let mut out = http::Response::new(()).into_parts().0;
+    out.status = StatusCode::NOT_MODIFIED;
+    out.headers = conditional::not_modified_headers(&head.headers);
+    out
+}
+
+fn unsatisfiable(total: u64) -> response::Parts {
+    let mut out = http::Response::new(()).into_parts().0;
+    out.status = StatusCode::RANGE_NOT_SATISFIABLE;
+    out.headers.insert(
+        header::CONTENT_RANGE,
+        format!("bytes */{total}").parse().expect("ascii"),
+    );
+    out.headers.insert(header::CONTENT_LENGTH, 0.into());
+    out
+}
+
+fn partial(head: &response::Parts, r: ByteRange, total: u64) -> response::Parts {
+    let mut out = clone_head(head);
+    out.status = StatusCode::PARTIAL_CONTENT;
+    out.headers.insert(
+        header::CONTENT_RANGE,
+        r.content_range(total).parse().expect("ascii"),
+    );
+    out.headers.insert(header::CONTENT_LENGTH, r.len().into());
+    out
+}
+
+pub(super) fn clone_head(h: &response::Parts) -> response::Parts {
+    let mut out = http::Response::new(()).into_parts().0;
+    out.status = h.status;
+    out.version = h.version;
+    out.headers = h.headers.clone();
+    out
+}
+
+/// `multipart/byteranges` (RFC 9110 §14.6) for several ranges of a stored body.
+fn multipart(
+    head: &response::Parts,
+    body: &Bytes,
+    base: u64,
+    ranges: &[ByteRange],
+    total: u64,
+) -> (response::Parts, Bytes) {
+    let boundary = format!("larder-{:016x}", total ^ ((ranges.len() as u64) << 48));
+    let ctype = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut out = BytesMut::new();
+    for r in ranges {
+        out.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
+        if let Some(ct) = &ctype {
+            out.extend_from_slice(format!("Content-Type: {ct}\r\n").as_bytes());
+        }
+        out.extend_from_slice(
+            format!("Content-Range: {}\r\n\r\n", r.content_range(total)).as_bytes(),
+        );
+        out.extend_from_slice(&body[(r.start - base) as usize..=(r.end - base) as usize]);
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut h = clone_head(head);
+    h.status = StatusCode::PARTIAL_CONTENT;
+    h.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
+            .expect("ascii"),
+    );
+    h.headers.insert(header::CONTENT_LENGTH, out.len().into());
+    (h, out.freeze())
+}
+
+impl Engine {
+    /// Answers a client from a stored entry (whole object or one segment of it).
+    pub(super) fn answer_from_entry(&mut self, cid: ClientId, id: u64, status: CacheStatus) {
+        let Some(client) = self.clients.remove(&cid) else {
+            return;
+        };
+        if let Some(fid) = client.fetch {
+            if let Some(f) = self.fetches.get_mut(&fid) {
+                f.clients.retain(|x| *x != cid);
+            }
+        }
+        let Some(e) = self.store.get(id) else { return };
+        let age = e.stored.age(self.now).as_secs();
+        let (total, base) = match e.total {
+            Some(t) => {
+                let size = self
+                    .config
+                    .segment_size
+                    .unwrap_or(crate::segment::DEFAULT_SEGMENT_SIZE);
+                let index = e
+                    .key
+                    .as_str()
+                    .rsplit_once("#seg=")
+                    .and_then(|(_, i)| i.parse::<u64>().ok())
+                    .unwrap_or(0);
+                (t, index * size)
+            }
+            None => (e.body.len() as u64, 0),
+        };
+        let mut whole = clone_head(&e.head);
+        whole.headers.insert(header::CONTENT_LENGTH, total.into());
+        let held = base..base + e.body.len() as u64;
+        let (mut head, body) = match shape(&client.req, &whole, Some(total)) {
+            Shape::NotModified => (not_modified(&whole), ResponseBody::Empty),
+            Shape::Head => (whole, ResponseBody::Empty),
+            Shape::Unsatisfiable => (unsatisfiable(total), ResponseBody::Empty),
+            Shape::Single(r) if held.contains(&r.start) && held.contains(&r.end) => {
+                let slice = e
+                    .body
+                    .slice((r.start - base) as usize..=(r.end - base) as usize);
+                (partial(&whole, r, total), ResponseBody::Full(slice))
+            }
+            Shape::Multi(rs) if e.total.is_none() => {
+                let (h, b) = multipart(&whole, &e.body, 0, &rs, total);
+                (h, ResponseBody::Full(b))
+            }
+            _ if e.total.is_none() => (whole, ResponseBody::Full(e.body.clone())),
+            // A segment cannot serve what lies outside it; planning never asks it to.
+            _ => (unsatisfiable(total), ResponseBody::Empty),
+        };
+        set_status_headers(&mut head, &status, Some(age));
+        self.outputs.push_back(Output::Respond {
+            client: cid,
+            head,
+            body,
+        });
+    }
+
+    /// Starts a client's response from a fetch whose head has arrived, replaying the body
+    /// received so far (followers join mid-stream).
+    pub(super) fn start_stream(&mut self, cid: ClientId, fid: FetchId) {
+        let Some(f) = self.fetches.get(&fid) else {
+            return;
+        };
+        let Some(head) = f.head.as_ref() else { return };
+        let Some(client) = self.clients.get(&cid) else {
+            return;
+        };
+        let mut status = CacheStatus::fwd(client.fwd);
+        status.fwd_status = f.upstream_status;
+        status.stored = f.storing.is_some();
+        status.collapsed = client.collapsed;
+        status.detail = f.not_stored.map(|n| n.as_str());
+        let total = f.total;
+        let (mut out, window, body) = match shape(&client.req, head, total) {
+            Shape::NotModified => (not_modified(head), None, ResponseBody::Empty),
+            Shape::Head => (clone_head(head), None, ResponseBody::Empty),
+            Shape::Unsatisfiable => (unsatisfiable(total.unwrap_or(0)), None, ResponseBody::Empty),
+            Shape::Single(r) => (
+                partial(head, r, total.unwrap_or(0)),
+                Some(r),
+                ResponseBody::Stream,
+            ),
+            Shape::Whole | Shape::Multi(_) => {
+                // A segment fetch only serves its planned range; anything else is a 200.
+                (clone_head(head), None, ResponseBody::Stream)
+            }
+        };
+        set_status_headers(&mut out, &status, None);
+        let chunks: Vec<Bytes> = if body == ResponseBody::Stream {
+            f.chunks.clone()
+        } else {
+            Vec::new()
+        };
+        let base = f.base;
+        let streaming = body == ResponseBody::Stream;
+        self.outputs.push_back(Output::Respond {
+            client: cid,
+            head: out,
+            body,
+        });
+        if !streaming {
+            self.detach(cid);
+            return;
+        }
+        let c = self.clients.get_mut(&cid).expect("checked");
+        c.streaming = true;
+        c.deadline = None;
+        c.window = window;
+        let mut offset = base;
+        for chunk in chunks {
+            let len = chunk.len() as u64;
+            self.deliver(cid, offset, &chunk);
+            offset += len;
+        }
+    }
+
+    /// Sends the part of a body chunk at `offset` that the client wants.
+    pub(super) fn deliver(&mut self, cid: ClientId, offset: u64, chunk: &Bytes) {
+        let Some(c) = self.clients.get(&cid) else {
+            return;
+        };
+        if !c.streaming {
+            return;
+        }
+        let Some(w) = c.window else {
+            self.outputs.push_back(Output::Body {
+                client: cid,
+                chunk: chunk.clone(),
+            });
+            return;
+        };
+        let end = offset + chunk.len() as u64; // exclusive
+        let (s, e) = (w.start.max(offset), (w.end + 1).min(end));
+        if s < e {
+            let slice = chunk.slice((s - offset) as usize..(e - offset) as usize);
+            self.outputs.push_back(Output::Body {
+                client: cid,
+                chunk: slice,
+            });
+        }
+        if end > w.end {
+            self.outputs.push_back(Output::End { client: cid });
+            self.detach(cid);
+        }
+    }
+
+    /// The client's response is complete: forget it (its fetch may go on for the cache).
+    fn detach(&mut self, cid: ClientId) {
+        if let Some(c) = self.clients.remove(&cid) {
+            if let Some(fid) = c.fetch {
+                if let Some(f) = self.fetches.get_mut(&fid) {
+                    f.clients.retain(|x| *x != cid);
+                }
+                self.maybe_finish(fid);
+            }
+        }
+    }
+
+    /// An error response generated by the cache itself, with a one-line reason.
+    pub(super) fn respond_error(
+        &mut self,
+        cid: ClientId,
+        code: StatusCode,
+        status: CacheStatus,
+        reason: String,
+    ) {
+        if let Some(c) = self.clients.remove(&cid) {
+            if let Some(fid) = c.fetch {
+                if let Some(f) = self.fetches.get_mut(&fid) {
+                    f.clients.retain(|x| *x != cid);
+                }
+            }
+        }
+        let body = Bytes::from(format!("{reason}\n"));
+        let mut head = http::Response::new(()).into_parts().0;
+        head.status = code;
+        head.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        head.headers
+            .insert(header::CONTENT_LENGTH, body.len().into());
+        head.headers
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        set_status_headers(&mut head, &status, None);
+        self.outputs.push_back(Output::Respond {
+            client: cid,
+            head,
+            body: ResponseBody::Full(body),
+        });
+    }
+}
