@@ -682,3 +682,44 @@ fn peer_traffic_is_never_forwarded_again() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.forwarded_to.len(), 1, "exactly one hop, no loop");
 }
+
+#[test]
+fn bare_304_without_validators_still_freshens() {
+    // Python's http.server answers If-Modified-Since with a 304 that carries no validator.
+    let lm = httpdate::fmt_http_date(t0() - Duration::from_secs(100));
+    let mut s = Sim::single(move |_, n| {
+        if n == 0 {
+            Reply::ok(
+                "body",
+                &[("last-modified", &lm), ("cache-control", "max-age=5")],
+            )
+        } else {
+            Reply::ok("", &[]).status(304)
+        }
+    });
+    s.get(URL, &[]);
+    s.advance(10);
+    let r = s.get(URL, &[]);
+    assert_eq!((r.status(), r.text().as_str()), (200, "body"));
+    assert_eq!(s.origin_hits(), 2, "one revalidation, no loop");
+}
+
+#[test]
+fn unmatched_304_is_retried_unconditionally_once() {
+    let mut s = Sim::single(|req, n| match n {
+        0 => Reply::ok("v1", &[("etag", "\"1\""), ("cache-control", "max-age=5")]),
+        1 => Reply::ok("", &[("etag", "\"other\"")]).status(304),
+        _ => {
+            assert!(
+                req.headers.get("if-none-match").is_none(),
+                "retry is unconditional"
+            );
+            Reply::ok("v2", &[("etag", "\"2\""), ("cache-control", "max-age=5")])
+        }
+    });
+    s.get(URL, &[]);
+    s.advance(10);
+    let r = s.get(URL, &[]);
+    assert_eq!((r.status(), r.text().as_str()), (200, "v2"));
+    assert_eq!(s.origin_hits(), 3);
+}

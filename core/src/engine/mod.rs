@@ -567,11 +567,12 @@ impl Engine {
                 // A full answer replaces the stored one; a 304 we cannot match is retried.
                 let f = self.fetches.get_mut(&fid).expect("exists");
                 if head.status == StatusCode::NOT_MODIFIED {
-                    f.sent = policy::fill_request(&f.sent);
-                    f.kind = FetchKind::Fill;
+                    // RFC 9111 §4.3.4: a 304 that selects no stored response updates nothing;
+                    // ask again without conditions (never loop on revalidation).
                     let clients = std::mem::take(&mut f.clients);
+                    let key = f.key.clone();
                     self.drop_fetch(fid, true);
-                    self.refetch(clients);
+                    self.fill_for(key, clients);
                     return;
                 }
                 f.kind = FetchKind::Fill;
@@ -898,13 +899,20 @@ impl Engine {
         }
     }
 
-    /// Re-runs requests from scratch (their previous fetch is gone).
-    fn refetch(&mut self, clients: Vec<ClientId>) {
-        for cid in clients {
-            if let Some(c) = self.clients.remove(&cid) {
-                self.on_request(cid, c.req, Route::Local);
+    /// One unconditional, shared fill for these clients (the first one's request is sent).
+    fn fill_for(&mut self, key: CacheKey, clients: Vec<ClientId>) {
+        let Some(first) = clients.iter().find_map(|c| self.clients.get(c)) else {
+            return;
+        };
+        let sent = policy::fill_request(&first.req);
+        let fid = self.start_fetch(key.clone(), key.clone(), sent, FetchKind::Fill);
+        for cid in &clients {
+            if let Some(c) = self.clients.get_mut(cid) {
+                c.fetch = Some(fid);
             }
         }
+        self.fetches.get_mut(&fid).expect("just made").clients = clients;
+        self.flights.insert(key, fid);
     }
 
     fn serve_stale_on_error(&mut self, fid: FetchId, variant: u64, detail: &'static str) -> bool {

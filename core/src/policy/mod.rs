@@ -128,6 +128,7 @@ pub struct Stored {
     /// Freshness lifetime, fixed when stored or refreshed (Age counts against it).
     max_age: Duration,
     has_validator: bool,
+    validators: Vec<(HeaderName, http::HeaderValue)>,
     shared: bool,
     set_cookie: bool,
 }
@@ -326,6 +327,7 @@ impl Policy {
             res_cc,
             max_age,
             has_validator,
+            validators: validators_of(&res.headers),
             shared,
             set_cookie,
         })
@@ -394,7 +396,19 @@ impl Policy {
         if res.status != StatusCode::NOT_MODIFIED {
             return Revalidated::Modified;
         }
-        match stored.policy.after_response(sent, res, now) {
+        // A 304 without validators answers the conditional we sent for exactly this entry
+        // (many servers send bare 304s); give it the entry's validators so it matches.
+        let mut res = clone_response_head(res);
+        if !res.headers.contains_key(header::ETAG)
+            && !res.headers.contains_key(header::LAST_MODIFIED)
+        {
+            for name in [header::ETAG, header::LAST_MODIFIED] {
+                if let Some(v) = stored.validator(&name) {
+                    res.headers.insert(name, v);
+                }
+            }
+        }
+        match stored.policy.after_response(sent, &res, now) {
             AfterResponse::NotModified(policy, mut head) => {
                 strip_hop_by_hop(&mut head.headers);
                 // The crate rewrites Date and Age for a response it would send; we keep the
@@ -409,6 +423,14 @@ impl Policy {
                     res_cc,
                     max_age,
                     has_validator: stored.has_validator,
+                    validators: {
+                        let v = validators_of(&head.headers);
+                        if v.is_empty() {
+                            stored.validators.clone()
+                        } else {
+                            v
+                        }
+                    },
                     shared: stored.shared,
                     set_cookie: stored.set_cookie,
                 };
@@ -451,7 +473,23 @@ impl Policy {
     }
 }
 
+fn clone_response_head(r: &response::Parts) -> response::Parts {
+    let mut out = http::Response::new(()).into_parts().0;
+    out.status = r.status;
+    out.version = r.version;
+    out.headers = r.headers.clone();
+    out
+}
+
 impl Stored {
+    /// A validator of the stored response (ETag or Last-Modified).
+    fn validator(&self, name: &header::HeaderName) -> Option<http::HeaderValue> {
+        self.validators
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
     /// Seconds of freshness left.
     pub fn ttl(&self, now: SystemTime) -> Duration {
         self.policy.time_to_live(now)
@@ -495,6 +533,13 @@ impl Stored {
             || self.res_cc.has("no-cache")
             || (self.shared && self.set_cookie && !self.res_cc.has("public"))
     }
+}
+
+fn validators_of(h: &HeaderMap) -> Vec<(HeaderName, http::HeaderValue)> {
+    [header::ETAG, header::LAST_MODIFIED]
+        .into_iter()
+        .filter_map(|n| h.get(&n).cloned().map(|v| (n, v)))
+        .collect()
 }
 
 fn is_understood_status(s: StatusCode) -> bool {

@@ -1,0 +1,148 @@
+//! The body every response to a client uses: a whole cached body, a stream fed by the
+//! engine, or a relayed upstream body. It writes the access-log line and tells the engine
+//! when the client goes away.
+
+use crate::driver::{ClientEvent, Driver};
+use crate::upstream::{Body, BoxError};
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use larder_core::ClientId;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+enum Kind {
+    Full(Option<Bytes>),
+    Stream(mpsc::UnboundedReceiver<ClientEvent>),
+    Relay(Body),
+}
+
+/// What the access log says about one request.
+pub struct LogLine {
+    pub method: http::Method,
+    pub url: String,
+    pub status: u16,
+    pub cache: String,
+    pub start: Instant,
+    /// The declared length: reaching it completes the body even if the server stops polling.
+    pub length: Option<u64>,
+}
+
+pub struct ClientBody {
+    kind: Kind,
+    guard: Option<(Arc<Driver>, ClientId)>,
+    log: Option<LogLine>,
+    bytes: u64,
+    done: bool,
+}
+
+impl ClientBody {
+    pub fn full(b: Bytes) -> Self {
+        Self::of(Kind::Full(Some(b)))
+    }
+    pub fn empty() -> Self {
+        Self::of(Kind::Full(None))
+    }
+    pub fn stream(rx: mpsc::UnboundedReceiver<ClientEvent>) -> Self {
+        Self::of(Kind::Stream(rx))
+    }
+    pub fn relay(b: Body) -> Self {
+        Self::of(Kind::Relay(b))
+    }
+    fn of(kind: Kind) -> Self {
+        ClientBody {
+            kind,
+            guard: None,
+            log: None,
+            bytes: 0,
+            done: false,
+        }
+    }
+    /// Releases the engine's client when the body is dropped.
+    pub fn guarded(mut self, driver: Arc<Driver>, id: ClientId) -> Self {
+        self.guard = Some((driver, id));
+        self
+    }
+    pub fn logged(mut self, line: LogLine) -> Self {
+        self.log = Some(line);
+        self
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        if let Some((driver, id)) = self.guard.take() {
+            driver.release(id);
+        }
+        if let Some(l) = self.log.take() {
+            tracing::info!(
+                method = %l.method,
+                url = %l.url,
+                status = l.status,
+                cache = %l.cache,
+                bytes = self.bytes,
+                ms = l.start.elapsed().as_millis() as u64,
+                complete = self.done || l.length.is_some_and(|n| n == self.bytes),
+                "request"
+            );
+        }
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let out = match &mut this.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Stream(rx) => loop {
+                match rx.poll_recv(cx) {
+                    Poll::Pending => break Poll::Pending,
+                    Poll::Ready(Some(ClientEvent::Body(b))) => {
+                        break Poll::Ready(Some(Ok(Frame::data(b))));
+                    }
+                    Poll::Ready(Some(ClientEvent::End)) => break Poll::Ready(None),
+                    Poll::Ready(Some(ClientEvent::Abort)) | Poll::Ready(None) => {
+                        break Poll::Ready(Some(Err("upstream body ended early".into())));
+                    }
+                    Poll::Ready(Some(_)) => continue,
+                }
+            },
+            Kind::Relay(b) => Pin::new(b).poll_frame(cx),
+        };
+        match &out {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.done = true,
+            _ => {}
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Relay(b) => b.is_end_stream(),
+            Kind::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Relay(b) => b.size_hint(),
+            Kind::Stream(_) => SizeHint::default(),
+        }
+    }
+}

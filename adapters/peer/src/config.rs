@@ -1,0 +1,397 @@
+//! Settings: clap flags, `LARDER_*` environment variables and an optional TOML file, with
+//! the same names everywhere. Precedence: flag, then environment, then file, then default.
+
+use clap::Parser;
+use ipnet::IpNet;
+use larder_core::policy::{CacheMode, PolicyConfig};
+use larder_core::ring::RingKind;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A distributed forward caching HTTP proxy.
+#[derive(Parser, Debug, Default, Clone)]
+#[command(name = "larder", version, about)]
+pub struct Args {
+    /// TOML file with any of the settings below (keys as the long flags, e.g. `max-object-size`).
+    #[arg(long, env = "LARDER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:3128].
+    #[arg(long, env = "LARDER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Serve origin-form requests from this upstream (reverse-proxy / package-mirror mode).
+    #[arg(long, env = "LARDER_MIRROR")]
+    pub mirror: Option<String>,
+    /// Regex over path and query: matching requests are never cached (repeatable).
+    #[arg(long, env = "LARDER_PASSTHROUGH", value_delimiter = ',')]
+    pub passthrough: Vec<String>,
+    /// Memory for cached objects, e.g. 256MiB, 2GiB [default: 256MiB].
+    #[arg(long, env = "LARDER_MEMORY")]
+    pub memory: Option<String>,
+    /// Largest object stored [default: 64MiB].
+    #[arg(long, env = "LARDER_MAX_OBJECT_SIZE")]
+    pub max_object_size: Option<String>,
+    /// Responses fresh for less than this are not stored, e.g. 60s [default: 0s].
+    #[arg(long, env = "LARDER_MIN_TTL")]
+    pub min_ttl: Option<String>,
+    /// Private-cache mode: store `private` and authorized responses (single tenant only).
+    #[arg(long, env = "LARDER_PRIVATE")]
+    pub private: Option<bool>,
+    /// Peer placement: hrw (rendezvous, default) or groupcache (Go forwardcache compatible).
+    #[arg(long, env = "LARDER_RING")]
+    pub ring: Option<String>,
+    /// Range segment size for large objects [default: 2MiB]; 0 turns segments off.
+    #[arg(long, env = "LARDER_SEGMENT_SIZE")]
+    pub segment_size: Option<String>,
+    /// This peer's own URL as the others know it, e.g. http://10.0.0.1:3128.
+    #[arg(long = "self", env = "LARDER_SELF")]
+    pub self_url: Option<String>,
+    /// Every peer's URL, comma-separated (self may be listed or not).
+    #[arg(long, env = "LARDER_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Shared secret that authenticates peer-to-peer requests (HMAC-SHA256).
+    #[arg(long, env = "LARDER_PEER_SECRET", hide_env_values = true)]
+    pub peer_secret: Option<String>,
+    /// Wait this long for a peer's first byte before trying the next [default: 2s].
+    #[arg(long, env = "LARDER_PEER_TIMEOUT")]
+    pub peer_timeout: Option<String>,
+    /// Client networks allowed to use the forward-proxy doors, CIDR, repeatable
+    /// [default: loopback only]. Mirror mode serves everyone.
+    #[arg(long, env = "LARDER_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<String>,
+    /// Extra CA certificates (PEM) trusted for HTTPS origins, besides the public roots.
+    #[arg(long, env = "LARDER_CA_FILE")]
+    pub ca_file: Vec<PathBuf>,
+    /// Hosts (host:port) that CONNECT may tunnel to, uncached. Default: CONNECT refused.
+    #[arg(long, env = "LARDER_CONNECT_ALLOW", value_delimiter = ',')]
+    pub connect_allow: Vec<String>,
+    /// Origin connect timeout [default: 5s].
+    #[arg(long, env = "LARDER_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<String>,
+    /// Origin time to first byte [default: 30s].
+    #[arg(long, env = "LARDER_FIRST_BYTE_TIMEOUT")]
+    pub first_byte_timeout: Option<String>,
+    /// Origin idle time between body bytes [default: 30s].
+    #[arg(long, env = "LARDER_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// Path of the forwardcache-compatible door [default: /proxy].
+    #[arg(long, env = "LARDER_PROXY_PATH")]
+    pub proxy_path: Option<String>,
+}
+
+/// The TOML file: the same keys as the flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    mirror: Option<String>,
+    passthrough: Option<Vec<String>>,
+    memory: Option<String>,
+    max_object_size: Option<String>,
+    min_ttl: Option<String>,
+    private: Option<bool>,
+    ring: Option<String>,
+    segment_size: Option<String>,
+    #[serde(rename = "self")]
+    self_url: Option<String>,
+    peers: Option<Vec<String>>,
+    peer_secret: Option<String>,
+    peer_timeout: Option<String>,
+    allow: Option<Vec<String>>,
+    ca_file: Option<Vec<PathBuf>>,
+    connect_allow: Option<Vec<String>>,
+    connect_timeout: Option<String>,
+    first_byte_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    proxy_path: Option<String>,
+}
+
+/// Resolved settings for one peer.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub mirror: Option<http::Uri>,
+    pub engine: larder_core::Config,
+    pub self_url: Option<String>,
+    pub peers: Vec<String>,
+    pub peer_secret: Option<String>,
+    pub peer_timeout: Duration,
+    pub allow: Vec<IpNet>,
+    pub ca_files: Vec<PathBuf>,
+    pub connect_allow: Vec<String>,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub proxy_path: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Args::default().resolve().expect("defaults are valid")
+    }
+}
+
+/// Parses sizes like `64MiB`, `2GiB`, `512k`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: expected e.g. 64MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("bad size unit {other:?} in {s:?}")),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+fn or<T>(a: Option<T>, b: Option<T>) -> Option<T> {
+    a.or(b)
+}
+
+fn list<T>(cli: Vec<T>, file: Option<Vec<T>>) -> Vec<T> {
+    if cli.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        cli
+    }
+}
+
+/// A peer URL in canonical form (scheme and host lower-case, no trailing slash), so every
+/// node hashes the same string.
+pub fn canonical_peer(url: &str) -> Result<String, String> {
+    let uri: http::Uri = url
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad peer URL {url:?}: {e}"))?;
+    let scheme = uri
+        .scheme_str()
+        .ok_or_else(|| format!("peer URL {url:?} needs http:// or https://"))?;
+    let auth = uri
+        .authority()
+        .ok_or_else(|| format!("peer URL {url:?} has no host"))?;
+    Ok(format!(
+        "{}://{}",
+        scheme.to_ascii_lowercase(),
+        auth.as_str().to_ascii_lowercase()
+    ))
+}
+
+impl Args {
+    /// Merges flags/environment with the config file and defaults.
+    pub fn resolve(self) -> Result<Settings, String> {
+        let file: FileConfig = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let size = |v: Option<String>, d: u64| {
+            v.map(|v| parse_size(&v))
+                .transpose()
+                .map(|v| v.unwrap_or(d))
+        };
+        let dur = |v: Option<String>, d: Duration| {
+            v.map(|v| parse_duration(&v))
+                .transpose()
+                .map(|v| v.unwrap_or(d))
+        };
+        let memory = size(or(self.memory, file.memory), 256 << 20)?;
+        let max_object_size = size(or(self.max_object_size, file.max_object_size), 64 << 20)?;
+        let segment_size = size(or(self.segment_size, file.segment_size), 2 << 20)?;
+        let min_ttl = dur(or(self.min_ttl, file.min_ttl), Duration::ZERO)?;
+        let ring: RingKind = or(self.ring, file.ring)
+            .unwrap_or_else(|| "hrw".into())
+            .parse()?;
+        let private = or(self.private, file.private).unwrap_or(false);
+        let mirror = or(self.mirror, file.mirror)
+            .map(|m| {
+                let u: http::Uri = m
+                    .trim_end_matches('/')
+                    .parse()
+                    .map_err(|e| format!("bad --mirror {m:?}: {e}"))?;
+                if !matches!(u.scheme_str(), Some("http" | "https")) || u.authority().is_none() {
+                    return Err(format!("--mirror {m:?} must be an http(s) URL"));
+                }
+                Ok(u)
+            })
+            .transpose()?;
+        let self_url = or(self.self_url, file.self_url)
+            .map(|u| canonical_peer(&u))
+            .transpose()?;
+        let mut peers = list(self.peers, file.peers)
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| canonical_peer(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(me) = &self_url {
+            if !peers.is_empty() && !peers.contains(me) {
+                peers.push(me.clone());
+            }
+        }
+        peers.sort();
+        peers.dedup();
+        if !peers.is_empty() && self_url.is_none() {
+            return Err("--peers needs --self (this peer's URL as the others know it)".into());
+        }
+        let allow = list(self.allow, file.allow)
+            .iter()
+            .map(|a| {
+                a.parse::<IpNet>()
+                    .or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|e| format!("bad --allow {a:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let passthrough = list(self.passthrough, file.passthrough);
+        let engine = larder_core::Config {
+            policy: PolicyConfig {
+                mode: if private {
+                    CacheMode::Private
+                } else {
+                    CacheMode::Shared
+                },
+                min_ttl,
+                max_object_size,
+                ..PolicyConfig::default()
+            },
+            memory,
+            ring,
+            self_id: self_url.clone().filter(|_| !peers.is_empty()),
+            peers: peers.clone(),
+            segment_size: if segment_size == 0 {
+                None
+            } else {
+                Some(segment_size)
+            },
+            passthrough,
+            ..larder_core::Config::default()
+        };
+        // Fail early on a bad regex rather than at the first request.
+        larder_core::Engine::new(engine.clone()).map_err(|e| e.to_string())?;
+        let proxy_path = or(self.proxy_path, file.proxy_path).unwrap_or_else(|| "/proxy".into());
+        if !proxy_path.starts_with('/') {
+            return Err(format!("--proxy-path {proxy_path:?} must start with /"));
+        }
+        Ok(Settings {
+            listen: or(self.listen, file.listen)
+                .unwrap_or_else(|| "127.0.0.1:3128".parse().expect("literal")),
+            mirror,
+            engine,
+            self_url,
+            peers,
+            peer_secret: or(self.peer_secret, file.peer_secret).filter(|s| !s.is_empty()),
+            peer_timeout: dur(
+                or(self.peer_timeout, file.peer_timeout),
+                Duration::from_secs(2),
+            )?,
+            allow,
+            ca_files: list(self.ca_file, file.ca_file),
+            connect_allow: list(self.connect_allow, file.connect_allow),
+            connect_timeout: dur(
+                or(self.connect_timeout, file.connect_timeout),
+                Duration::from_secs(5),
+            )?,
+            first_byte_timeout: dur(
+                or(self.first_byte_timeout, file.first_byte_timeout),
+                Duration::from_secs(30),
+            )?,
+            idle_timeout: dur(
+                or(self.idle_timeout, file.idle_timeout),
+                Duration::from_secs(30),
+            )?,
+            proxy_path,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("1.5M"), Ok(3 << 19));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn defaults_are_a_single_loopback_node() {
+        let s = Settings::default();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:3128");
+        assert!(s.engine.self_id.is_none() && s.peers.is_empty());
+        assert_eq!(s.engine.memory, 256 << 20);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("larder-cfg-{}", std::process::id()));
+        std::fs::write(
+            &dir,
+            "memory = \"1GiB\"\nring = \"groupcache\"\nmin-ttl = \"60s\"\n",
+        )
+        .unwrap();
+        let s = Args {
+            config: Some(dir.clone()),
+            memory: Some("2GiB".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.engine.memory, 2 << 30);
+        assert_eq!(s.engine.ring, RingKind::Groupcache);
+        assert_eq!(s.engine.policy.min_ttl, Duration::from_secs(60));
+        std::fs::write(&dir, "memroy = \"1GiB\"\n").unwrap();
+        assert!(
+            Args {
+                config: Some(dir.clone()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err()
+            .contains("unknown field")
+        );
+        std::fs::remove_file(dir).ok();
+    }
+
+    #[test]
+    fn peers_are_canonical_and_include_self() {
+        let s = Args {
+            self_url: Some("HTTP://127.0.0.1:4001/".into()),
+            peers: vec!["http://127.0.0.1:4002".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.peers,
+            vec!["http://127.0.0.1:4001", "http://127.0.0.1:4002"]
+        );
+        assert!(
+            Args {
+                peers: vec!["http://a:1".into()],
+                ..Default::default()
+            }
+            .resolve()
+            .is_err()
+        );
+    }
+}

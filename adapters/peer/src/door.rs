@@ -1,0 +1,142 @@
+//! The front doors: which absolute URL a request names, and whether this client may ask.
+//!
+//! - forward proxy: absolute-form `GET http://host/path` (curl -x, HTTP_PROXY), https too;
+//! - forwardcache door: `GET /proxy?q=<escaped absolute URL>`;
+//! - mirror: origin-form `GET /path?q` served from `--mirror` + `/path?q`.
+
+use http::Uri;
+use http::request::Parts;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    Forward,
+    ProxyPath,
+    Mirror,
+}
+
+/// A request the doors refuse, with the status and a one-line reason.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused(pub http::StatusCode, pub String);
+
+fn absolute(u: &str) -> Option<Uri> {
+    let uri: Uri = u.parse().ok()?;
+    matches!(uri.scheme_str(), Some("http" | "https")).then_some(())?;
+    uri.authority()?;
+    Some(uri)
+}
+
+/// Resolves the target URL of a request.
+pub fn resolve(
+    parts: &Parts,
+    mirror: Option<&Uri>,
+    proxy_path: &str,
+) -> Result<(Uri, Door), Refused> {
+    let bad = |m: String| Refused(http::StatusCode::BAD_REQUEST, m);
+    if parts.uri.scheme().is_some() {
+        return match absolute(&parts.uri.to_string()) {
+            Some(u) => Ok((u, Door::Forward)),
+            None => Err(bad(format!(
+                "unsupported scheme in {}: only http and https are proxied",
+                parts.uri
+            ))),
+        };
+    }
+    let path = parts.uri.path();
+    if path == proxy_path {
+        let q = parts
+            .uri
+            .query()
+            .and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "q")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .ok_or_else(|| {
+                bad(format!(
+                    "missing q: use {proxy_path}?q=<escaped absolute URL>"
+                ))
+            })?;
+        return absolute(&q)
+            .map(|u| (u, Door::ProxyPath))
+            .ok_or_else(|| bad(format!("bad q {q:?}: expected an absolute http(s) URL")));
+    }
+    let Some(base) = mirror else {
+        return Err(bad(
+            "origin-form request without --mirror: send absolute-form (curl -x http://this-proxy URL) or use /proxy?q=".into(),
+        ));
+    };
+    let prefix = base.path().trim_end_matches('/');
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let joined = format!(
+        "{}://{}{}{}",
+        base.scheme_str().unwrap_or("http"),
+        base.authority().map(|a| a.as_str()).unwrap_or(""),
+        prefix,
+        pq
+    );
+    absolute(&joined)
+        .map(|u| (u, Door::Mirror))
+        .ok_or_else(|| bad(format!("cannot build a mirror URL from {pq:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str) -> Parts {
+        http::Request::get(uri).body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn three_doors() {
+        let m: Uri = "https://mirror.test/debian".parse().unwrap();
+        assert_eq!(
+            resolve(&parts("http://o.test/a?b"), None, "/proxy").unwrap(),
+            ("http://o.test/a?b".parse().unwrap(), Door::Forward)
+        );
+        assert_eq!(
+            resolve(
+                &parts("/proxy?q=https%3A%2F%2Fo.test%2Fx%3Fy%3D1"),
+                None,
+                "/proxy"
+            )
+            .unwrap(),
+            ("https://o.test/x?y=1".parse().unwrap(), Door::ProxyPath)
+        );
+        assert_eq!(
+            resolve(&parts("/dists/stable/Release?x=1"), Some(&m), "/proxy").unwrap(),
+            (
+                "https://mirror.test/debian/dists/stable/Release?x=1"
+                    .parse()
+                    .unwrap(),
+                Door::Mirror
+            )
+        );
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        assert!(
+            resolve(&parts("/proxy"), None, "/proxy")
+                .unwrap_err()
+                .1
+                .contains("missing q")
+        );
+        assert!(
+            resolve(&parts("/proxy?q=ftp%3A%2F%2Fx"), None, "/proxy")
+                .unwrap_err()
+                .1
+                .contains("bad q")
+        );
+        assert!(
+            resolve(&parts("/a"), None, "/proxy")
+                .unwrap_err()
+                .1
+                .contains("without --mirror")
+        );
+    }
+}

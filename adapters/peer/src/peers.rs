@@ -1,0 +1,259 @@
+//! Peer-to-peer plumbing: the hop marker, HMAC authentication, health with back-off, and
+//! forwarding a request to its owner with fail-over down the preference order.
+
+use crate::upstream::{Body, Upstream};
+use bytes::Bytes;
+use hashbrown::HashMap;
+use hmac::{Hmac, Mac};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Marks a request as sent by a peer (value: the sender's id). A marked request is served
+/// where it lands, never forwarded again: one hop at most, whatever the peer lists say.
+pub const HOP: &str = "larder-hop";
+/// `t=<unix seconds>,sig=<hex HMAC-SHA256(secret, "t\nMETHOD\nURL")>`.
+pub const AUTH: &str = "larder-peer-auth";
+/// How far a signature's timestamp may be from our clock.
+const SKEW: u64 = 300;
+
+type HmacSha256 = Hmac<sha2::Sha256>;
+
+fn mac(secret: &str, t: u64, method: &Method, url: &str) -> HmacSha256 {
+    let mut m = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    m.update(format!("{t}\n{method}\n{url}").as_bytes());
+    m
+}
+
+fn unix(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The AUTH header value for a request.
+pub fn sign(secret: &str, method: &Method, url: &str, now: SystemTime) -> String {
+    let t = unix(now);
+    let sig = mac(secret, t, method, url).finalize().into_bytes();
+    let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={t},sig={hex}")
+}
+
+/// Checks an AUTH header value in constant time.
+pub fn verify(
+    secret: &str,
+    method: &Method,
+    url: &str,
+    value: Option<&HeaderValue>,
+    now: SystemTime,
+) -> Result<(), &'static str> {
+    let v = value
+        .and_then(|v| v.to_str().ok())
+        .ok_or("missing peer credentials")?;
+    let mut t = None;
+    let mut sig = None;
+    for part in v.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", x)) => t = x.parse::<u64>().ok(),
+            Some(("sig", x)) => sig = decode_hex(x),
+            _ => {}
+        }
+    }
+    let (t, sig) = (
+        t.ok_or("malformed peer credentials")?,
+        sig.ok_or("malformed peer credentials")?,
+    );
+    if unix(now).abs_diff(t) > SKEW {
+        return Err("peer credentials expired (check clocks)");
+    }
+    mac(secret, t, method, url)
+        .verify_slice(&sig)
+        .map_err(|_| "bad peer credentials")
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Which peers are marked down, until when. A down peer keeps its place in the hash input
+/// (its keys do not move); it is only skipped.
+#[derive(Default)]
+pub struct Health {
+    down: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl Health {
+    pub fn is_down(&self, peer: &str) -> bool {
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .is_some_and(|(until, _)| *until > Instant::now())
+    }
+
+    pub fn failed(&self, peer: &str) {
+        let mut d = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        let n = d.get(peer).map(|x| x.1 + 1).unwrap_or(0);
+        let wait = (BACKOFF_START * 2u32.saturating_pow(n.min(10))).min(BACKOFF_MAX);
+        d.insert(peer.to_owned(), (Instant::now() + wait, n));
+    }
+
+    pub fn ok(&self, peer: &str) {
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(peer);
+    }
+
+    /// Peers marked down now.
+    pub fn down_now(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, (u, _))| *u > now)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+}
+
+/// Everything needed to send peer traffic.
+pub struct PeerLink<'a> {
+    pub upstream: &'a Upstream,
+    pub health: &'a Health,
+    pub self_id: &'a str,
+    pub secret: Option<&'a str>,
+    pub timeout: Duration,
+    pub proxy_path: &'a str,
+}
+
+/// The URL a peer serves `target` at (the forwardcache-compatible door).
+pub fn peer_url(peer: &str, proxy_path: &str, target: &str) -> String {
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("q", target)
+        .finish();
+    format!("{peer}{proxy_path}?{q}")
+}
+
+impl PeerLink<'_> {
+    /// Sends the request to the first peer that answers, best first; `None` when every one
+    /// failed (the caller then serves it locally). Down peers are tried last.
+    pub async fn forward(
+        &self,
+        peers: &[String],
+        method: &Method,
+        target: &str,
+        headers: &http::HeaderMap,
+        body: &Option<Bytes>,
+        on_error: impl Fn(&str, &str),
+    ) -> Option<Response<Incoming>> {
+        let (up, down): (Vec<&String>, Vec<&String>) =
+            peers.iter().partition(|p| !self.health.is_down(p));
+        for peer in up.into_iter().chain(down) {
+            let mut req = Request::builder().method(method.clone()).uri(peer_url(
+                peer,
+                self.proxy_path,
+                target,
+            ));
+            let h = req.headers_mut().expect("fresh builder");
+            for (k, v) in headers {
+                h.append(k.clone(), v.clone());
+            }
+            larder_core::policy::strip_hop_by_hop(h);
+            h.remove(http::header::HOST);
+            h.insert(
+                HOP,
+                HeaderValue::from_str(self.self_id).unwrap_or(HeaderValue::from_static("peer")),
+            );
+            if let Some(secret) = self.secret {
+                let v = sign(secret, method, target, SystemTime::now());
+                h.insert(AUTH, HeaderValue::from_str(&v).expect("ascii"));
+            }
+            let b: Body = match body {
+                Some(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+                None => crate::upstream::empty(),
+            };
+            let req = req.body(b).expect("valid request");
+            match self.upstream.send(req, self.timeout).await {
+                Ok(resp)
+                    if !matches!(
+                        resp.status(),
+                        StatusCode::UNAUTHORIZED | StatusCode::LOOP_DETECTED
+                    ) =>
+                {
+                    self.health.ok(peer);
+                    return Some(resp);
+                }
+                Ok(resp) => on_error(peer, &format!("answered {}", resp.status())),
+                Err(e) => {
+                    self.health.failed(peer);
+                    on_error(peer, &format!("{e:?}"));
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_round_trip_and_rejections() {
+        let now = SystemTime::now();
+        let v = sign("s3cret", &Method::GET, "http://o/a", now);
+        let hv = HeaderValue::from_str(&v).unwrap();
+        assert_eq!(
+            verify("s3cret", &Method::GET, "http://o/a", Some(&hv), now),
+            Ok(())
+        );
+        assert!(verify("other", &Method::GET, "http://o/a", Some(&hv), now).is_err());
+        assert!(verify("s3cret", &Method::GET, "http://o/b", Some(&hv), now).is_err());
+        assert!(verify("s3cret", &Method::POST, "http://o/a", Some(&hv), now).is_err());
+        assert!(
+            verify(
+                "s3cret",
+                &Method::GET,
+                "http://o/a",
+                Some(&hv),
+                now + Duration::from_secs(600)
+            )
+            .is_err()
+        );
+        assert!(verify("s3cret", &Method::GET, "http://o/a", None, now).is_err());
+        let bad = HeaderValue::from_static("t=1,sig=zz");
+        assert!(verify("s3cret", &Method::GET, "http://o/a", Some(&bad), now).is_err());
+    }
+
+    #[test]
+    fn backoff_marks_and_clears() {
+        let h = Health::default();
+        assert!(!h.is_down("p"));
+        h.failed("p");
+        assert!(h.is_down("p"));
+        assert_eq!(h.down_now(), vec!["p".to_string()]);
+        h.ok("p");
+        assert!(!h.is_down("p"));
+    }
+
+    #[test]
+    fn peer_urls_escape_the_target() {
+        assert_eq!(
+            peer_url("http://p:1", "/proxy", "http://o/a?b=1&c"),
+            "http://p:1/proxy?q=http%3A%2F%2Fo%2Fa%3Fb%3D1%26c"
+        );
+    }
+}

@@ -1,0 +1,566 @@
+//! The HTTP/1.1 server: accepts connections, applies the doors and the access rules, hands
+//! cacheable work to the engine and relays what it says.
+
+use crate::body::{ClientBody, LogLine};
+use crate::config::Settings;
+use crate::door::{self, Door, Refused};
+use crate::driver::{ClientEvent, Driver};
+use crate::metrics::Metrics;
+use crate::peers::{self, Health, PeerLink};
+use crate::upstream::{Body, BoxError, Upstream};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use larder_core::{ClientId, ResponseBody, Route};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::TcpListener;
+
+/// Longest request target accepted (414 beyond).
+pub const MAX_URL: usize = 8 * 1024;
+/// Largest request body buffered for unsafe methods (413 beyond).
+pub const MAX_REQUEST_BODY: usize = 16 << 20;
+
+pub struct State {
+    pub settings: Settings,
+    pub driver: Arc<Driver>,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+    pub id: String,
+}
+
+/// A running peer.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight responses finish (up to `grace`), then returns.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(grace + Duration::from_secs(1), self.task).await;
+    }
+}
+
+/// Binds and starts serving; returns once the socket listens.
+pub async fn start(settings: Settings) -> Result<Running, String> {
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    start_on(listener, settings).await
+}
+
+pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Running, String> {
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let tls = crate::tls::client_config(&settings.ca_files)?;
+    let id = settings
+        .self_url
+        .clone()
+        .unwrap_or_else(|| format!("larder@{addr}"));
+    let upstream = Upstream::new(
+        tls,
+        settings.connect_timeout,
+        settings.first_byte_timeout,
+        settings.idle_timeout,
+        &id,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let engine = larder_core::Engine::new(settings.engine.clone()).map_err(|e| e.to_string())?;
+    let driver = Driver::new(engine, upstream, metrics.clone());
+    metrics.peers_up.set(settings.peers.len() as i64);
+    let state = Arc::new(State {
+        settings,
+        driver: driver.clone(),
+        health: Health::default(),
+        metrics,
+        id,
+    });
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let timers = tokio::spawn(driver.run_timers());
+    let prober = tokio::spawn(probe_down_peers(state.clone()));
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        accept_loop(listener, st, rx).await;
+        timers.abort();
+        prober.abort();
+    });
+    Ok(Running {
+        addr,
+        state,
+        shutdown: tx,
+        task,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    // Each connection holds a clone; shutdown waits for them to drop.
+    let live = Arc::new(());
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let st = state.clone();
+                let svc = service_fn(move |req| handle(st.clone(), remote, req));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades();
+                let mut stop = stop.clone();
+                let token = live.clone();
+                tokio::spawn(async move {
+                    let mut conn = std::pin::pin!(conn);
+                    let res = tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = stop.changed() => {
+                            // Finish the response in flight, then close (keep-alive ends).
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = res {
+                        tracing::debug!(%remote, "connection: {e}");
+                    }
+                    drop(token);
+                });
+            }
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Arc::strong_count(&live) > 1 {
+        if Instant::now() > deadline {
+            tracing::warn!("some connections were still busy after 30 s; closing them");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Probes peers marked down so they come back before their back-off runs out.
+async fn probe_down_peers(state: Arc<State>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let down = state.health.down_now();
+        state.metrics.peers_down.set(down.len() as i64);
+        state
+            .metrics
+            .peers_up
+            .set((state.settings.peers.len() - down.len().min(state.settings.peers.len())) as i64);
+        for peer in down {
+            let req = Request::get(format!("{peer}/healthz"))
+                .body(crate::upstream::empty())
+                .expect("valid");
+            if let Ok(r) = state
+                .driver
+                .upstream
+                .send(req, Duration::from_secs(1))
+                .await
+            {
+                if r.status().is_success() {
+                    state.health.ok(&peer);
+                }
+            }
+        }
+    }
+}
+
+fn text(code: StatusCode, msg: &str) -> Response<ClientBody> {
+    let body = Bytes::from(format!("{msg}\n"));
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CONTENT_LENGTH, body.len())
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(ClientBody::full(body))
+        .expect("valid response")
+}
+
+/// Releases the engine's client if the request is dropped before a body took it over.
+struct Pending(Option<(Arc<Driver>, ClientId)>);
+
+impl Pending {
+    fn take(&mut self) -> (Arc<Driver>, ClientId) {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some((d, id)) = self.0.take() {
+            d.release(id);
+        }
+    }
+}
+
+fn allowed(state: &State, remote: &SocketAddr) -> bool {
+    let ip = remote.ip();
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    if state.settings.allow.is_empty() {
+        ip.is_loopback()
+    } else {
+        state.settings.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ClientBody>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let url = req.uri().to_string();
+    let mut resp = match route(&state, remote, req, start).await {
+        Ok(r) => r,
+        Err(Refused(code, msg)) => {
+            tracing::info!(%method, %url, status = code.as_u16(), reason = %msg, "refused");
+            text(code, &msg)
+        }
+    };
+    resp.headers_mut().append(
+        header::VIA,
+        HeaderValue::from_str(&format!("1.1 {}", state.id))
+            .unwrap_or(HeaderValue::from_static("1.1 larder")),
+    );
+    Ok(resp)
+}
+
+async fn route(
+    state: &Arc<State>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+    start: Instant,
+) -> Result<Response<ClientBody>, Refused> {
+    if req.uri().to_string().len() > MAX_URL {
+        return Err(Refused(
+            StatusCode::URI_TOO_LONG,
+            format!("request target longer than {MAX_URL} bytes"),
+        ));
+    }
+    if req.method() == Method::CONNECT {
+        return connect(state, remote, req).await;
+    }
+    if req.uri().scheme().is_none() {
+        match req.uri().path() {
+            "/healthz" => return Ok(text(StatusCode::OK, "ok")),
+            "/metrics" => {
+                let body = Bytes::from(state.metrics.render());
+                return Ok(Response::builder()
+                    .header(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                    .header(header::CACHE_CONTROL, "no-store")
+                    .body(ClientBody::full(body))
+                    .expect("valid"));
+            }
+            _ => {}
+        }
+    }
+    let (mut parts, body) = req.into_parts();
+    if let Some(me) = &state.settings.self_url {
+        let looped = parts
+            .headers
+            .get_all(header::VIA)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|h| h.trim().ends_with(me.as_str())));
+        if looped {
+            return Err(Refused(
+                StatusCode::LOOP_DETECTED,
+                format!("request already passed through {me}"),
+            ));
+        }
+    }
+    let (target, door) = door::resolve(
+        &parts,
+        state.settings.mirror.as_ref(),
+        &state.settings.proxy_path,
+    )?;
+    let from_peer = parts.headers.contains_key(peers::HOP);
+    if from_peer {
+        match &state.settings.peer_secret {
+            Some(secret) => peers::verify(
+                secret,
+                &parts.method,
+                &target.to_string(),
+                parts.headers.get(peers::AUTH),
+                SystemTime::now(),
+            )
+            .map_err(|why| Refused(StatusCode::UNAUTHORIZED, why.to_string()))?,
+            None if !remote.ip().is_loopback() => {
+                return Err(Refused(
+                    StatusCode::UNAUTHORIZED,
+                    "peer traffic without --peer-secret is accepted from loopback only".into(),
+                ));
+            }
+            None => {}
+        }
+    } else if door != Door::Mirror && !allowed(state, &remote) {
+        return Err(Refused(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not use this proxy (not an open proxy: see --allow)",
+                remote.ip()
+            ),
+        ));
+    }
+    for h in [
+        peers::HOP,
+        peers::AUTH,
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        parts.headers.remove(h);
+    }
+    parts.uri = target.clone();
+    // Bodies of unsafe requests are read once so fail-over and pass-through can resend them.
+    let body = if parts.method == Method::GET || parts.method == Method::HEAD {
+        None
+    } else {
+        match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+            Ok(b) => Some(b.to_bytes()),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(Refused(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over {MAX_REQUEST_BODY} bytes"),
+                ));
+            }
+            Err(e) => {
+                return Err(Refused(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read request body: {e}"),
+                ));
+            }
+        }
+    };
+    let method = parts.method.clone();
+    let url = target.to_string();
+    let (id, mut rx) = state.driver.register();
+    let mut pending = Pending(Some((state.driver.clone(), id)));
+    state.driver.request(
+        id,
+        clone_parts(&parts),
+        if from_peer {
+            Route::Local
+        } else {
+            Route::ByRing
+        },
+    );
+    let log = |status: u16, cache: String| LogLine {
+        method: method.clone(),
+        url: url.clone(),
+        status,
+        cache,
+        start,
+        length: None,
+    };
+    loop {
+        let Some(ev) = rx.recv().await else {
+            return Err(Refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "engine dropped the request".into(),
+            ));
+        };
+        match ev {
+            ClientEvent::Respond { mut head, body } => {
+                // The upstream's protocol version is hop-by-hop; hyper speaks for us.
+                head.version = http::Version::HTTP_11;
+                let cache = header_str(&head.headers, "cache-status");
+                state.metrics.count(&cache);
+                let (driver, id) = pending.take();
+                let b = match body {
+                    ResponseBody::Empty => ClientBody::empty().guarded(driver, id),
+                    ResponseBody::Full(b) => {
+                        if cache.contains("; hit") {
+                            state.metrics.bytes_from_cache.inc_by(b.len() as u64);
+                        }
+                        ClientBody::full(b).guarded(driver, id)
+                    }
+                    ResponseBody::Stream => ClientBody::stream(rx).guarded(driver, id),
+                };
+                let status = head.status.as_u16();
+                let mut line = log(status, cache);
+                line.length = if method == Method::HEAD {
+                    Some(0)
+                } else {
+                    larder_core::policy::content_length(&head.headers)
+                };
+                return Ok(Response::from_parts(head, b.logged(line)));
+            }
+            ClientEvent::Forward { peers } => {
+                state.metrics.peer_forwards.inc();
+                let link = PeerLink {
+                    upstream: &state.driver.upstream,
+                    health: &state.health,
+                    self_id: &state.id,
+                    secret: state.settings.peer_secret.as_deref(),
+                    timeout: state.settings.peer_timeout,
+                    proxy_path: &state.settings.proxy_path,
+                };
+                let metrics = &state.metrics;
+                let got = link
+                    .forward(
+                        &peers,
+                        &parts.method,
+                        &url,
+                        &parts.headers,
+                        &body,
+                        |peer, why| {
+                            metrics.peer_errors.inc();
+                            tracing::warn!(%peer, "peer failed: {why}; trying the next choice");
+                        },
+                    )
+                    .await;
+                match got {
+                    Some(resp) => return Ok(relay(resp, None, log)),
+                    // Every better peer failed: serve it here (the engine still coalesces).
+                    None => state.driver.request(id, clone_parts(&parts), Route::Local),
+                }
+            }
+            ClientEvent::Pass { status } => {
+                let mut p = clone_parts(&parts);
+                larder_core::policy::strip_hop_by_hop(&mut p.headers);
+                p.headers.remove(header::HOST);
+                let b: Body = match &body {
+                    Some(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+                    None => crate::upstream::empty(),
+                };
+                let up = &state.driver.upstream;
+                return match up.send(Request::from_parts(p, b), up.first_byte).await {
+                    Ok(resp) => {
+                        state.metrics.count(&status.to_string());
+                        Ok(relay(resp, Some(status.to_header_value()), log))
+                    }
+                    Err(e) => {
+                        let code = match e {
+                            crate::upstream::SendError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                            _ => StatusCode::BAD_GATEWAY,
+                        };
+                        Err(Refused(code, format!("origin failed: {e:?}")))
+                    }
+                };
+            }
+            ClientEvent::Body(_) | ClientEvent::End | ClientEvent::Abort => {}
+        }
+    }
+}
+
+/// Relays an upstream (origin or peer) response as it streams.
+fn relay(
+    resp: Response<Incoming>,
+    cache_status: Option<HeaderValue>,
+    log: impl Fn(u16, String) -> LogLine,
+) -> Response<ClientBody> {
+    let (mut head, body) = resp.into_parts();
+    head.version = http::Version::HTTP_11;
+    larder_core::policy::strip_hop_by_hop(&mut head.headers);
+    if let Some(cs) = cache_status {
+        head.headers.insert("cache-status", cs);
+    }
+    let cache = header_str(&head.headers, "cache-status");
+    let status = head.status.as_u16();
+    let mut line = log(status, cache);
+    line.length = larder_core::policy::content_length(&head.headers);
+    let body = ClientBody::relay(body.map_err(|e| Box::new(e) as BoxError).boxed()).logged(line);
+    Response::from_parts(head, body)
+}
+
+fn header_str(h: &http::HeaderMap, name: &str) -> String {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut b = Request::builder()
+        .method(p.method.clone())
+        .uri(p.uri.clone())
+        .version(p.version);
+    *b.headers_mut().expect("fresh builder") = p.headers.clone();
+    b.body(()).expect("valid").into_parts().0
+}
+
+/// CONNECT: refused unless the host is listed; then an uncached TCP tunnel.
+async fn connect(
+    state: &Arc<State>,
+    remote: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<ClientBody>, Refused> {
+    let target = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    if !allowed(state, &remote) {
+        return Err(Refused(
+            StatusCode::FORBIDDEN,
+            format!("{} may not use this proxy (see --allow)", remote.ip()),
+        ));
+    }
+    if !state
+        .settings
+        .connect_allow
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(&target))
+    {
+        return Err(Refused(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "CONNECT to {target:?} is not enabled (--connect-allow); send absolute-form https:// requests to have them cached"
+            ),
+        ));
+    }
+    let upgrade = hyper::upgrade::on(&mut req);
+    let mut upstream = tokio::net::TcpStream::connect(&target).await.map_err(|e| {
+        Refused(
+            StatusCode::BAD_GATEWAY,
+            format!("cannot reach {target}: {e}"),
+        )
+    })?;
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(up) => {
+                let mut client = TokioIo::new(up);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+            Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
+        }
+    });
+    Ok(Response::new(ClientBody::empty()))
+}
+
+/// Used by tests and the client library: the bytes of a body.
+pub async fn collect(b: Incoming) -> Result<Bytes, hyper::Error> {
+    Ok(b.collect().await?.to_bytes())
+}

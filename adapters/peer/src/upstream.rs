@@ -1,0 +1,153 @@
+//! The pooled keep-alive HTTP(S) client used for origins and peers, and the fetch task
+//! that turns one upstream response into engine inputs.
+
+use crate::driver::Driver;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, request};
+use http_body_util::{BodyExt, Empty, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use larder_core::engine::UpstreamError;
+use larder_core::{FetchId, Input};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+pub fn empty() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<Connector, Body>,
+    pub first_byte: Duration,
+    pub idle: Duration,
+    via: HeaderValue,
+}
+
+/// Why an upstream request failed, and how long it took to find out.
+#[derive(Debug)]
+pub enum SendError {
+    Timeout,
+    Connect(String),
+}
+
+impl Upstream {
+    pub fn new(
+        tls: rustls::ClientConfig,
+        connect: Duration,
+        first_byte: Duration,
+        idle: Duration,
+        via: &str,
+    ) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(connect));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        let via = HeaderValue::from_str(&format!("1.1 {via}"))
+            .unwrap_or(HeaderValue::from_static("1.1 larder"));
+        Upstream {
+            client,
+            first_byte,
+            idle,
+            via,
+        }
+    }
+
+    /// Sends a request, waiting at most `first_byte` for the head.
+    pub async fn send(
+        &self,
+        mut req: Request<Body>,
+        first_byte: Duration,
+    ) -> Result<Response<Incoming>, SendError> {
+        *req.version_mut() = http::Version::HTTP_11;
+        req.headers_mut()
+            .append(http::header::VIA, self.via.clone());
+        match tokio::time::timeout(first_byte, self.client.request(req)).await {
+            Err(_) => Err(SendError::Timeout),
+            Ok(Err(e)) => Err(SendError::Connect(describe(&e))),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+}
+
+/// The innermost cause, for a one-line reason.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s = format!("{s}: {c}");
+        cur = c.source();
+    }
+    s
+}
+
+/// Runs one engine fetch: head, body chunks, end, or the error.
+pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
+    let up = driver.upstream.clone();
+    let req = Request::from_parts(parts, empty());
+    let resp = match up.send(req, up.first_byte).await {
+        Ok(r) => r,
+        Err(e) => {
+            let error = match e {
+                SendError::Timeout => UpstreamError::Timeout,
+                SendError::Connect(msg) => {
+                    tracing::debug!(fetch = fid.0, "origin: {msg}");
+                    UpstreamError::Connect
+                }
+            };
+            driver.input(Input::UpstreamError { fetch: fid, error });
+            return;
+        }
+    };
+    let (head, mut body) = resp.into_parts();
+    driver.input(Input::UpstreamHead { fetch: fid, head });
+    loop {
+        match tokio::time::timeout(up.idle, body.frame()).await {
+            Err(_) => {
+                driver.input(Input::UpstreamError {
+                    fetch: fid,
+                    error: UpstreamError::Timeout,
+                });
+                return;
+            }
+            Ok(None) => {
+                driver.input(Input::UpstreamEnd { fetch: fid });
+                return;
+            }
+            Ok(Some(Err(e))) => {
+                tracing::debug!(fetch = fid.0, "origin body: {}", describe(&e));
+                driver.input(Input::UpstreamError {
+                    fetch: fid,
+                    error: UpstreamError::Truncated,
+                });
+                return;
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(chunk) = frame.into_data() {
+                    if !chunk.is_empty() {
+                        driver.metrics.bytes_from_origin.inc_by(chunk.len() as u64);
+                        driver.input(Input::UpstreamBody { fetch: fid, chunk });
+                    }
+                }
+            }
+        }
+    }
+}
