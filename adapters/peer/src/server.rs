@@ -23,6 +23,10 @@ use tokio::net::TcpListener;
 
 /// Longest request target accepted (414 beyond).
 pub const MAX_URL: usize = 8 * 1024;
+/// Largest request head (start line and fields) accepted (431 beyond).
+pub const MAX_HEAD: usize = 32 * 1024;
+/// Most request header fields accepted (431 beyond).
+pub const MAX_HEADERS: usize = 100;
 /// Largest request body buffered for unsafe methods (413 beyond).
 pub const MAX_REQUEST_BODY: usize = 16 << 20;
 
@@ -126,6 +130,8 @@ async fn accept_loop(
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
                     .max_buf_size(64 * 1024)
+                    .max_headers(MAX_HEADERS)
+                    .max_header_size(MAX_HEAD)
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades();
                 let mut stop = stop.clone();

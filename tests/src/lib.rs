@@ -1,0 +1,388 @@
+//! Test fixtures: a real HTTP origin with knobs, peers started in-process on loopback, and
+//! clients that speak to a proxy the way curl does (absolute-form over a plain socket).
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the origin sends for one request.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// Wait before sending the head.
+    pub delay: Duration,
+    /// Send the body in pieces of this size, this far apart.
+    pub throttle: Option<(usize, Duration)>,
+    /// Declare the full length but close after this many body bytes.
+    pub cut_after: Option<usize>,
+    /// Answer Range requests with 206 (default) or ignore them.
+    pub ranges: bool,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Self {
+        Reply {
+            status: 200,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.into(),
+            delay: Duration::ZERO,
+            throttle: None,
+            cut_after: None,
+            ranges: true,
+        }
+    }
+    pub fn status(mut self, s: u16) -> Self {
+        self.status = s;
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+    pub fn throttle(mut self, chunk: usize, every: Duration) -> Self {
+        self.throttle = Some((chunk, every));
+        self
+    }
+    pub fn cut_after(mut self, n: usize) -> Self {
+        self.cut_after = Some(n);
+        self
+    }
+    pub fn ignore_ranges(mut self) -> Self {
+        self.ranges = false;
+        self
+    }
+}
+
+/// One request as the origin saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+}
+
+type Handler = Arc<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
+
+/// A real HTTP/1.1 origin on loopback that counts and records what it is asked.
+pub struct Origin {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    log: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Origin {
+    pub async fn start(handler: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, Arc::new(handler), None).await
+    }
+
+    /// The same origin over TLS with the given server config.
+    pub async fn start_tls(
+        tls: Arc<rustls::ServerConfig>,
+        handler: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static,
+    ) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(
+            listener,
+            Arc::new(handler),
+            Some(tokio_rustls::TlsAcceptor::from(tls)),
+        )
+        .await
+    }
+
+    async fn serve(
+        listener: TcpListener,
+        handler: Handler,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Origin {
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (h2, l2) = (hits.clone(), log.clone());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (handler, hits, log, tls) =
+                    (handler.clone(), h2.clone(), l2.clone(), tls.clone());
+                let mut stopped = stopped.clone();
+                let conn = tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (handler, hits, log) = (handler.clone(), hits.clone(), log.clone());
+                        async move { Ok::<_, Infallible>(respond(req, &*handler, &hits, &log).await) }
+                    });
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acc) => {
+                            if let Ok(s) = acc.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                });
+                // `stop` kills kept-alive connections too, like a crashed server.
+                tokio::spawn(async move {
+                    let _ = stopped.changed().await;
+                    conn.abort();
+                });
+            }
+        });
+        Origin {
+            addr,
+            hits,
+            log,
+            task,
+            stop,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Requests the origin has received.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Stops listening (connections refused from now on).
+    pub fn stop(&self) {
+        self.task.abort();
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    handler: &(dyn Fn(&Seen, usize) -> Reply + Send + Sync),
+    hits: &AtomicUsize,
+    log: &Mutex<Vec<Seen>>,
+) -> Response<BoxBody<Bytes, BoxError>> {
+    let seen = Seen {
+        method: req.method().to_string(),
+        uri: req.uri().to_string(),
+        headers: req.headers().clone(),
+    };
+    let n = hits.fetch_add(1, Ordering::SeqCst);
+    log.lock().unwrap().push(seen.clone());
+    let reply = handler(&seen, n);
+    tokio::time::sleep(reply.delay).await;
+    let mut status = StatusCode::from_u16(reply.status).unwrap();
+    let mut body = reply.body.clone();
+    let mut b = Response::builder().header(
+        "date",
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    );
+    let range = seen
+        .headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes="))
+        .map(str::to_owned);
+    if let (Some(r), true, StatusCode::OK) = (range, reply.ranges, status) {
+        let total = body.len();
+        if let Some((a, e)) = r.split_once('-') {
+            let (a, e) = match (a.parse::<usize>(), e.parse::<usize>()) {
+                (Ok(a), Ok(e)) => (a, e.min(total - 1)),
+                (Ok(a), Err(_)) => (a, total - 1),
+                (Err(_), Ok(n)) => (total.saturating_sub(n), total - 1),
+                _ => (0, total - 1),
+            };
+            body = body.slice(a..=e);
+            status = StatusCode::PARTIAL_CONTENT;
+            b = b.header("content-range", format!("bytes {a}-{e}/{total}"));
+        }
+    }
+    for (k, v) in &reply.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    if status != StatusCode::NOT_MODIFIED && status != StatusCode::NO_CONTENT {
+        b = b.header("content-length", body.len());
+    }
+    let is_head = seen.method == "HEAD";
+    let body: BoxBody<Bytes, BoxError> = if is_head || status == StatusCode::NOT_MODIFIED {
+        Full::new(Bytes::new()).map_err(|n| match n {}).boxed()
+    } else if reply.cut_after.is_some() || reply.throttle.is_some() {
+        let (chunk, every) = reply.throttle.unwrap_or((16 * 1024, Duration::ZERO));
+        let limit = reply.cut_after.unwrap_or(body.len()).min(body.len());
+        let cut = reply.cut_after.is_some();
+        let (mut tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(2);
+        tokio::spawn(async move {
+            let mut off = 0;
+            while off < limit {
+                let end = (off + chunk).min(limit);
+                if tx.send_data(body.slice(off..end)).await.is_err() {
+                    return;
+                }
+                off = end;
+                if !every.is_zero() {
+                    tokio::time::sleep(every).await;
+                }
+            }
+            if cut {
+                tx.abort("origin cut the body".into());
+            }
+        });
+        BoxBody::new(rx)
+    } else {
+        Full::new(body).map_err(|n| match n {}).boxed()
+    };
+    b.status(status).body(body).unwrap()
+}
+
+/// A response as a client received it.
+#[derive(Debug)]
+pub struct Got {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status").unwrap_or("")
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn is_hit(&self) -> bool {
+        self.cache_status().contains("; hit")
+    }
+}
+
+/// Sends one request to `server` as written (absolute-form when `target` is absolute), on a
+/// fresh connection, and reads the whole response. Errors if the body is cut short.
+pub async fn send(
+    server: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Result<Got, BoxError> {
+    send_body(server, method, target, headers, Bytes::new()).await
+}
+
+pub async fn send_body(
+    server: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Got, BoxError> {
+    let stream = TcpStream::connect(server).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let host = target
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| server.to_string());
+    let mut b = Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        sender.send_request(b.body(Full::new(body))?),
+    )
+    .await??;
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(20), body.collect())
+        .await??
+        .to_bytes();
+    Ok(Got {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// `curl -x proxy url`.
+pub async fn get(proxy: SocketAddr, url: &str) -> Got {
+    send(proxy, "GET", url, &[])
+        .await
+        .expect("request through the proxy")
+}
+
+/// A peer with settings adjusted by `f`, on an ephemeral loopback port.
+pub async fn peer(f: impl FnOnce(&mut larder_peer::Args)) -> larder_peer::Running {
+    let mut args = larder_peer::Args::default();
+    f(&mut args);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut s = args.resolve().expect("valid settings");
+    s.listen = listener.local_addr().unwrap();
+    larder_peer::start_on(listener, s)
+        .await
+        .expect("peer starts")
+}
+
+/// `n` peers that know each other, listening before any is configured.
+pub async fn cluster(
+    n: usize,
+    f: impl Fn(&mut larder_peer::Args) + Clone,
+) -> Vec<larder_peer::Running> {
+    let listeners: Vec<TcpListener> = futures_join(n).await;
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("http://{}", l.local_addr().unwrap()))
+        .collect();
+    let mut out = Vec::new();
+    for (l, url) in listeners.into_iter().zip(&urls) {
+        let mut args = larder_peer::Args {
+            self_url: Some(url.clone()),
+            peers: urls.clone(),
+            ..Default::default()
+        };
+        f(&mut args);
+        let mut s = args.resolve().expect("valid settings");
+        s.listen = l.local_addr().unwrap();
+        out.push(larder_peer::start_on(l, s).await.expect("peer starts"));
+    }
+    out
+}
+
+async fn futures_join(n: usize) -> Vec<TcpListener> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    v
+}
