@@ -45,7 +45,8 @@ impl CacheKey {
             _ => return Err(KeyError::UnsupportedScheme),
         };
         let host = authority.host().to_ascii_lowercase();
-        let mut out = String::with_capacity(uri.to_string().len());
+        let pq_len = uri.path_and_query().map_or(1, |p| p.as_str().len());
+        let mut out = String::with_capacity(scheme.len() + 3 + authority.as_str().len() + pq_len);
         out.push_str(&scheme);
         out.push_str("://");
         out.push_str(&host);

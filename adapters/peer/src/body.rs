@@ -65,8 +65,8 @@ impl ClientBody {
         self.guard = Some((driver, id));
         self
     }
-    pub fn logged(mut self, line: LogLine) -> Self {
-        self.log = Some(line);
+    pub fn logged(mut self, line: Option<LogLine>) -> Self {
+        self.log = line;
         self
     }
 }

@@ -33,12 +33,15 @@ pub fn resolve(
 ) -> Result<(Uri, Door), Refused> {
     let bad = |m: String| Refused(http::StatusCode::BAD_REQUEST, m);
     if parts.uri.scheme().is_some() {
-        return match absolute(&parts.uri.to_string()) {
-            Some(u) => Ok((u, Door::Forward)),
-            None => Err(bad(format!(
+        let ok = matches!(parts.uri.scheme_str(), Some("http" | "https"))
+            && parts.uri.authority().is_some();
+        return if ok {
+            Ok((parts.uri.clone(), Door::Forward))
+        } else {
+            Err(bad(format!(
                 "unsupported scheme in {}: only http and https are proxied",
                 parts.uri
-            ))),
+            )))
         };
     }
     let path = parts.uri.path();

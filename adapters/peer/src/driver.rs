@@ -8,7 +8,7 @@ use bytes::Bytes;
 use hashbrown::HashMap;
 use http::{request, response};
 use larder_core::cache_status::CacheStatus;
-use larder_core::{ClientId, Engine, FetchId, Input, Output, ResponseBody};
+use larder_core::{ClientId, Engine, FetchId, Input, Output, ResponseBody, Route};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -27,9 +27,27 @@ pub enum ClientEvent {
     Abort,
     Forward {
         peers: Vec<String>,
+        head: request::Parts,
     },
     Pass {
         status: CacheStatus,
+        head: request::Parts,
+    },
+}
+
+/// How a request started.
+pub enum Begin {
+    /// Answered at once with a complete response (a hit, a 304, an error): the engine has
+    /// already forgotten the client.
+    Answered {
+        head: response::Parts,
+        body: ResponseBody,
+    },
+    /// More events follow on `rx`; `first` is the one already received, if any.
+    Pending {
+        id: ClientId,
+        rx: mpsc::UnboundedReceiver<ClientEvent>,
+        first: Option<ClientEvent>,
     },
 }
 
@@ -60,39 +78,53 @@ impl Driver {
         })
     }
 
-    /// A new client id and the channel its events arrive on.
-    pub fn register(&self) -> (ClientId, mpsc::UnboundedReceiver<ClientEvent>) {
-        let id = ClientId(self.next_client.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().clients.insert(id, tx);
-        (id, rx)
-    }
-
-    /// The client's connection is done with this request.
-    pub fn release(self: &Arc<Self>, id: ClientId) {
-        let known = self.lock().clients.remove(&id).is_some();
-        if known {
-            self.input(Input::ClientGone { client: id });
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock would poison it; the state is still consistent
         // (every mutation completes before outputs are drained), so keep serving.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn request(
-        self: &Arc<Self>,
-        client: ClientId,
-        head: request::Parts,
-        route: larder_core::Route,
-    ) {
+    /// Starts a request under a single lock; hits come back without further locking.
+    pub fn begin(self: &Arc<Self>, head: request::Parts, route: Route) -> Begin {
+        let id = ClientId(self.next_client.fetch_add(1, Ordering::Relaxed));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut inner = self.lock();
+        inner.clients.insert(id, tx);
+        self.input_locked(
+            &mut inner,
+            Input::Request {
+                client: id,
+                head,
+                route,
+            },
+        );
+        match rx.try_recv().ok() {
+            Some(ClientEvent::Respond {
+                head,
+                body: body @ (ResponseBody::Full(_) | ResponseBody::Empty),
+            }) => {
+                inner.clients.remove(&id);
+                Begin::Answered { head, body }
+            }
+            first => Begin::Pending { id, rx, first },
+        }
+    }
+
+    /// Hands a request back to the engine (after every better peer failed).
+    pub fn retry_local(self: &Arc<Self>, id: ClientId, head: request::Parts) {
         self.input(Input::Request {
-            client,
+            client: id,
             head,
-            route,
+            route: Route::Local,
         });
+    }
+
+    /// The client's connection is done with this request.
+    pub fn release(self: &Arc<Self>, id: ClientId) {
+        let mut inner = self.lock();
+        if inner.clients.remove(&id).is_some() {
+            self.input_locked(&mut inner, Input::ClientGone { client: id });
+        }
     }
 
     /// One mutation, then a complete drain.
@@ -102,12 +134,16 @@ impl Driver {
             _ => None,
         };
         let mut inner = self.lock();
-        inner.engine.handle_input(SystemTime::now(), input);
         if let Some(f) = finished {
             inner.fetches.remove(&f);
         }
+        self.input_locked(&mut inner, input);
+    }
+
+    fn input_locked(self: &Arc<Self>, inner: &mut Inner, input: Input) {
+        inner.engine.handle_input(SystemTime::now(), input);
         while let Some(out) = inner.engine.poll_output() {
-            self.dispatch(&mut inner, out);
+            self.dispatch(inner, out);
         }
         self.metrics
             .cache_bytes
@@ -131,12 +167,17 @@ impl Driver {
             Output::Body { client, chunk } => Self::send(inner, client, ClientEvent::Body(chunk)),
             Output::End { client } => Self::send(inner, client, ClientEvent::End),
             Output::Abort { client } => Self::send(inner, client, ClientEvent::Abort),
-            Output::Forward { client, peers, .. } => {
-                Self::send(inner, client, ClientEvent::Forward { peers })
-            }
-            Output::Pass { client, status } => {
-                Self::send(inner, client, ClientEvent::Pass { status })
-            }
+            Output::Forward {
+                client,
+                peers,
+                head,
+                ..
+            } => Self::send(inner, client, ClientEvent::Forward { peers, head }),
+            Output::Pass {
+                client,
+                status,
+                head,
+            } => Self::send(inner, client, ClientEvent::Pass { status, head }),
             Output::Fetch { fetch, request } => {
                 self.metrics.origin_fetches.inc();
                 let handle = tokio::spawn(crate::upstream::fetch(self.clone(), fetch, request))
@@ -175,7 +216,7 @@ impl Driver {
         }
     }
 
-    /// The ring's preference order for a key (for the client library and tests).
+    /// Read access to the engine (ring, counters) for the client library and tests.
     pub fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
         f(&self.lock().engine)
     }

@@ -8,10 +8,14 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, &'static str)>;
 
-#[derive(Default)]
+/// Request outcomes, in the order of `Metrics::outcomes`.
+const OUTCOMES: [&str; 5] = ["hit", "revalidated", "pass", "miss", "error"];
+
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<Labels, Counter>,
+    /// Per-outcome handles into the `larder_requests` family, made once (no label
+    /// allocation on the request path).
+    outcomes: [Counter; 5],
     pub origin_fetches: Counter,
     pub coalesced: Counter,
     pub peer_forwards: Counter,
@@ -26,14 +30,37 @@ pub struct Metrics {
     pub evictions: Counter,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let mut m = Metrics::default();
+        let requests: Family<Labels, Counter> = Family::default();
+        let outcomes = OUTCOMES.map(|o| requests.get_or_create(&vec![("outcome", o)]).clone());
+        let mut m = Metrics {
+            registry: Registry::default(),
+            outcomes,
+            origin_fetches: Counter::default(),
+            coalesced: Counter::default(),
+            peer_forwards: Counter::default(),
+            peer_errors: Counter::default(),
+            peers_up: Gauge::default(),
+            peers_down: Gauge::default(),
+            bytes_from_cache: Counter::default(),
+            bytes_from_origin: Counter::default(),
+            cache_bytes: Gauge::default(),
+            cache_entries: Gauge::default(),
+            stored: Counter::default(),
+            evictions: Counter::default(),
+        };
         let r = &mut m.registry;
         r.register(
             "larder_requests",
             "Client requests by cache outcome",
-            m.requests.clone(),
+            requests,
         );
         r.register(
             "larder_origin_fetches",
@@ -97,19 +124,17 @@ impl Metrics {
     /// Counts one request by the outcome its Cache-Status names.
     pub fn count(&self, cache_status: &str) {
         let outcome = if cache_status.is_empty() {
-            "error"
+            4
         } else if cache_status.contains("; hit") {
-            "hit"
+            0
         } else if cache_status.contains("fwd=stale") {
-            "revalidated"
+            1
         } else if cache_status.contains("fwd=bypass") || cache_status.contains("fwd=method") {
-            "pass"
+            2
         } else {
-            "miss"
+            3
         };
-        self.requests
-            .get_or_create(&vec![("outcome", outcome)])
-            .inc();
+        self.outcomes[outcome].inc();
         if cache_status.contains("collapsed") {
             self.coalesced.inc();
         }

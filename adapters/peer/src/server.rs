@@ -4,7 +4,7 @@
 use crate::body::{ClientBody, LogLine};
 use crate::config::Settings;
 use crate::door::{self, Door, Refused};
-use crate::driver::{ClientEvent, Driver};
+use crate::driver::{Begin, ClientEvent, Driver};
 use crate::metrics::Metrics;
 use crate::peers::{self, Health, PeerLink};
 use crate::upstream::{Body, BoxError, Upstream};
@@ -36,6 +36,8 @@ pub struct State {
     pub health: Health,
     pub metrics: Arc<Metrics>,
     pub id: String,
+    /// `Via: 1.1 <id>`, made once.
+    pub via: HeaderValue,
 }
 
 /// A running peer.
@@ -85,6 +87,8 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
         driver: driver.clone(),
         health: Health::default(),
         metrics,
+        via: HeaderValue::from_str(&format!("1.1 {id}"))
+            .unwrap_or(HeaderValue::from_static("1.1 larder")),
         id,
     });
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -240,40 +244,46 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ClientBody>, Infallible> {
     let start = Instant::now();
-    let method = req.method().clone();
-    let url = req.uri().to_string();
     let mut resp = match route(&state, remote, req, start).await {
         Ok(r) => r,
-        Err(Refused(code, msg)) => {
+        Err((Refused(code, msg), method, url)) => {
             tracing::info!(%method, %url, status = code.as_u16(), reason = %msg, "refused");
             text(code, &msg)
         }
     };
-    resp.headers_mut().append(
-        header::VIA,
-        HeaderValue::from_str(&format!("1.1 {}", state.id))
-            .unwrap_or(HeaderValue::from_static("1.1 larder")),
-    );
+    resp.headers_mut().append(header::VIA, state.via.clone());
     Ok(resp)
 }
+
+type RouteError = (Refused, Method, String);
 
 async fn route(
     state: &Arc<State>,
     remote: SocketAddr,
     req: Request<Incoming>,
     start: Instant,
-) -> Result<Response<ClientBody>, Refused> {
-    if req.uri().to_string().len() > MAX_URL {
-        return Err(Refused(
-            StatusCode::URI_TOO_LONG,
-            format!("request target longer than {MAX_URL} bytes"),
+) -> Result<Response<ClientBody>, RouteError> {
+    let refuse =
+        |r: Refused, req: &http::request::Parts| (r, req.method.clone(), req.uri.to_string());
+    let (mut parts, body) = req.into_parts();
+    let target_len = parts.uri.authority().map_or(0, |a| a.as_str().len())
+        + parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > MAX_URL {
+        return Err(refuse(
+            Refused(
+                StatusCode::URI_TOO_LONG,
+                format!("request target longer than {MAX_URL} bytes"),
+            ),
+            &parts,
         ));
     }
-    if req.method() == Method::CONNECT {
-        return connect(state, remote, req).await;
+    if parts.method == Method::CONNECT {
+        let req = Request::from_parts(parts, body);
+        let (m, u) = (req.method().clone(), req.uri().to_string());
+        return connect(state, remote, req).await.map_err(|r| (r, m, u));
     }
-    if req.uri().scheme().is_none() {
-        match req.uri().path() {
+    if parts.uri.scheme().is_none() {
+        match parts.uri.path() {
             "/healthz" => return Ok(text(StatusCode::OK, "ok")),
             "/metrics" => {
                 let body = Bytes::from(state.metrics.render());
@@ -289,7 +299,6 @@ async fn route(
             _ => {}
         }
     }
-    let (mut parts, body) = req.into_parts();
     if let Some(me) = &state.settings.self_url {
         let looped = parts
             .headers
@@ -298,9 +307,12 @@ async fn route(
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.split(',').any(|h| h.trim().ends_with(me.as_str())));
         if looped {
-            return Err(Refused(
-                StatusCode::LOOP_DETECTED,
-                format!("request already passed through {me}"),
+            return Err(refuse(
+                Refused(
+                    StatusCode::LOOP_DETECTED,
+                    format!("request already passed through {me}"),
+                ),
+                &parts,
             ));
         }
     }
@@ -308,34 +320,38 @@ async fn route(
         &parts,
         state.settings.mirror.as_ref(),
         &state.settings.proxy_path,
-    )?;
+    )
+    .map_err(|r| refuse(r, &parts))?;
     let from_peer = parts.headers.contains_key(peers::HOP);
     if from_peer {
         match &state.settings.peer_secret {
-            Some(secret) => peers::verify(
-                secret,
-                &parts.method,
-                &target.to_string(),
-                parts.headers.get(peers::AUTH),
-                SystemTime::now(),
-            )
-            .map_err(|why| Refused(StatusCode::UNAUTHORIZED, why.to_string()))?,
+            Some(secret) => {
+                let ok = peers::verify(
+                    secret,
+                    &parts.method,
+                    &target.to_string(),
+                    parts.headers.get(peers::AUTH),
+                    SystemTime::now(),
+                );
+                ok.map_err(|why| {
+                    refuse(Refused(StatusCode::UNAUTHORIZED, why.to_string()), &parts)
+                })?
+            }
             None if !remote.ip().is_loopback() => {
-                return Err(Refused(
-                    StatusCode::UNAUTHORIZED,
-                    "peer traffic without --peer-secret is accepted from loopback only".into(),
+                let why = "peer traffic without --peer-secret is accepted from loopback only";
+                return Err(refuse(
+                    Refused(StatusCode::UNAUTHORIZED, why.into()),
+                    &parts,
                 ));
             }
             None => {}
         }
     } else if door != Door::Mirror && !allowed(state, &remote) {
-        return Err(Refused(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} may not use this proxy (not an open proxy: see --allow)",
-                remote.ip()
-            ),
-        ));
+        let why = format!(
+            "{} may not use this proxy (not an open proxy: see --allow)",
+            remote.ip()
+        );
+        return Err(refuse(Refused(StatusCode::FORBIDDEN, why), &parts));
     }
     for h in [
         peers::HOP,
@@ -345,7 +361,7 @@ async fn route(
     ] {
         parts.headers.remove(h);
     }
-    parts.uri = target.clone();
+    parts.uri = target;
     // Bodies of unsafe requests are read once so fail-over and pass-through can resend them.
     let body = if parts.method == Method::GET || parts.method == Method::HEAD {
         None
@@ -356,74 +372,86 @@ async fn route(
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some() =>
             {
-                return Err(Refused(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body over {MAX_REQUEST_BODY} bytes"),
-                ));
+                let why = format!("request body over {MAX_REQUEST_BODY} bytes");
+                return Err(refuse(Refused(StatusCode::PAYLOAD_TOO_LARGE, why), &parts));
             }
             Err(e) => {
-                return Err(Refused(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read request body: {e}"),
+                return Err(refuse(
+                    Refused(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read request body: {e}"),
+                    ),
+                    &parts,
                 ));
             }
         }
     };
-    let method = parts.method.clone();
-    let url = target.to_string();
-    let (id, mut rx) = state.driver.register();
-    let mut pending = Pending(Some((state.driver.clone(), id)));
-    state.driver.request(
-        id,
-        clone_parts(&parts),
-        if from_peer {
-            Route::Local
+    let log_on = tracing::enabled!(tracing::Level::INFO);
+    let (method, url) = (
+        parts.method.clone(),
+        if log_on {
+            parts.uri.to_string()
         } else {
-            Route::ByRing
+            String::new()
         },
     );
-    let log = |status: u16, cache: String| LogLine {
-        method: method.clone(),
-        url: url.clone(),
-        status,
-        cache,
-        start,
-        length: None,
+    let log = |status: u16, cache: String, length: Option<u64>| {
+        log_on.then(|| LogLine {
+            method: method.clone(),
+            url: url.clone(),
+            status,
+            cache,
+            start,
+            length,
+        })
     };
+    let route = if from_peer {
+        Route::Local
+    } else {
+        Route::ByRing
+    };
+    let (id, mut rx, mut next) = match state.driver.begin(parts, route) {
+        Begin::Answered { head, body } => return Ok(respond(state, head, body, None, &log)),
+        Begin::Pending { id, rx, first } => (id, rx, first),
+    };
+    let mut pending = Pending(Some((state.driver.clone(), id)));
     loop {
-        let Some(ev) = rx.recv().await else {
-            return Err(Refused(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "engine dropped the request".into(),
-            ));
+        let ev = match next.take() {
+            Some(ev) => ev,
+            None => match rx.recv().await {
+                Some(ev) => ev,
+                None => {
+                    return Err((
+                        Refused(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "engine dropped the request".into(),
+                        ),
+                        method,
+                        url,
+                    ));
+                }
+            },
         };
         match ev {
-            ClientEvent::Respond { mut head, body } => {
-                // The upstream's protocol version is hop-by-hop; hyper speaks for us.
-                head.version = http::Version::HTTP_11;
-                let cache = header_str(&head.headers, "cache-status");
-                state.metrics.count(&cache);
-                let (driver, id) = pending.take();
-                let b = match body {
-                    ResponseBody::Empty => ClientBody::empty().guarded(driver, id),
-                    ResponseBody::Full(b) => {
-                        if cache.contains("; hit") {
-                            state.metrics.bytes_from_cache.inc_by(b.len() as u64);
-                        }
-                        ClientBody::full(b).guarded(driver, id)
-                    }
-                    ResponseBody::Stream => ClientBody::stream(rx).guarded(driver, id),
-                };
-                let status = head.status.as_u16();
-                let mut line = log(status, cache);
-                line.length = if method == Method::HEAD {
-                    Some(0)
-                } else {
-                    larder_core::policy::content_length(&head.headers)
-                };
-                return Ok(Response::from_parts(head, b.logged(line)));
+            ClientEvent::Respond {
+                head,
+                body: ResponseBody::Stream,
+            } => {
+                let guard = pending.take();
+                return Ok(respond(
+                    state,
+                    head,
+                    ResponseBody::Stream,
+                    Some((rx, guard)),
+                    &log,
+                ));
             }
-            ClientEvent::Forward { peers } => {
+            ClientEvent::Respond { head, body } => {
+                // Complete responses leave the engine's books at once: nothing to release.
+                pending.0 = None;
+                return Ok(respond(state, head, body, None, &log));
+            }
+            ClientEvent::Forward { peers, head } => {
                 state.metrics.peer_forwards.inc();
                 let link = PeerLink {
                     upstream: &state.driver.upstream,
@@ -434,12 +462,13 @@ async fn route(
                     proxy_path: &state.settings.proxy_path,
                 };
                 let metrics = &state.metrics;
+                let target = head.uri.to_string();
                 let got = link
                     .forward(
                         &peers,
-                        &parts.method,
-                        &url,
-                        &parts.headers,
+                        &head.method,
+                        &target,
+                        &head.headers,
                         &body,
                         |peer, why| {
                             metrics.peer_errors.inc();
@@ -448,31 +477,30 @@ async fn route(
                     )
                     .await;
                 match got {
-                    Some(resp) => return Ok(relay(resp, None, log)),
+                    Some(resp) => return Ok(relay(resp, None, &log)),
                     // Every better peer failed: serve it here (the engine still coalesces).
-                    None => state.driver.request(id, clone_parts(&parts), Route::Local),
+                    None => state.driver.retry_local(id, head),
                 }
             }
-            ClientEvent::Pass { status } => {
-                let mut p = clone_parts(&parts);
-                larder_core::policy::strip_hop_by_hop(&mut p.headers);
-                p.headers.remove(header::HOST);
+            ClientEvent::Pass { status, mut head } => {
+                larder_core::policy::strip_hop_by_hop(&mut head.headers);
+                head.headers.remove(header::HOST);
                 let b: Body = match &body {
                     Some(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
                     None => crate::upstream::empty(),
                 };
                 let up = &state.driver.upstream;
-                return match up.send(Request::from_parts(p, b), up.first_byte).await {
+                return match up.send(Request::from_parts(head, b), up.first_byte).await {
                     Ok(resp) => {
                         state.metrics.count(&status.to_string());
-                        Ok(relay(resp, Some(status.to_header_value()), log))
+                        Ok(relay(resp, Some(status.to_header_value()), &log))
                     }
                     Err(e) => {
                         let code = match e {
                             crate::upstream::SendError::Timeout => StatusCode::GATEWAY_TIMEOUT,
                             _ => StatusCode::BAD_GATEWAY,
                         };
-                        Err(Refused(code, format!("origin failed: {e:?}")))
+                        Err((Refused(code, format!("origin failed: {e:?}")), method, url))
                     }
                 };
             }
@@ -481,11 +509,52 @@ async fn route(
     }
 }
 
+/// A response the engine made (from cache, or streaming a fill).
+fn respond(
+    state: &State,
+    mut head: http::response::Parts,
+    body: ResponseBody,
+    stream: Option<(
+        tokio::sync::mpsc::UnboundedReceiver<ClientEvent>,
+        (Arc<Driver>, ClientId),
+    )>,
+    log: &impl Fn(u16, String, Option<u64>) -> Option<LogLine>,
+) -> Response<ClientBody> {
+    // The upstream's protocol version is hop-by-hop; hyper speaks for us.
+    head.version = http::Version::HTTP_11;
+    let cache = head
+        .headers
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    state.metrics.count(cache);
+    let b = match (body, stream) {
+        (ResponseBody::Empty, _) => ClientBody::empty(),
+        (ResponseBody::Full(b), _) => {
+            if cache.contains("; hit") {
+                state.metrics.bytes_from_cache.inc_by(b.len() as u64);
+            }
+            ClientBody::full(b)
+        }
+        (ResponseBody::Stream, Some((rx, (driver, id)))) => {
+            ClientBody::stream(rx).guarded(driver, id)
+        }
+        (ResponseBody::Stream, None) => ClientBody::empty(),
+    };
+    let length = if head.status == StatusCode::NOT_MODIFIED {
+        Some(0)
+    } else {
+        larder_core::policy::content_length(&head.headers)
+    };
+    let line = log(head.status.as_u16(), cache.to_owned(), length);
+    Response::from_parts(head, b.logged(line))
+}
+
 /// Relays an upstream (origin or peer) response as it streams.
 fn relay(
     resp: Response<Incoming>,
     cache_status: Option<HeaderValue>,
-    log: impl Fn(u16, String) -> LogLine,
+    log: &impl Fn(u16, String, Option<u64>) -> Option<LogLine>,
 ) -> Response<ClientBody> {
     let (mut head, body) = resp.into_parts();
     head.version = http::Version::HTTP_11;
@@ -494,9 +563,11 @@ fn relay(
         head.headers.insert("cache-status", cs);
     }
     let cache = header_str(&head.headers, "cache-status");
-    let status = head.status.as_u16();
-    let mut line = log(status, cache);
-    line.length = larder_core::policy::content_length(&head.headers);
+    let line = log(
+        head.status.as_u16(),
+        cache,
+        larder_core::policy::content_length(&head.headers),
+    );
     let body = ClientBody::relay(body.map_err(|e| Box::new(e) as BoxError).boxed()).logged(line);
     Response::from_parts(head, body)
 }
@@ -506,15 +577,6 @@ fn header_str(h: &http::HeaderMap, name: &str) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned()
-}
-
-fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
-    let mut b = Request::builder()
-        .method(p.method.clone())
-        .uri(p.uri.clone())
-        .version(p.version);
-    *b.headers_mut().expect("fresh builder") = p.headers.clone();
-    b.body(()).expect("valid").into_parts().0
 }
 
 /// CONNECT: refused unless the host is listed; then an uncached TCP tunnel.

@@ -103,18 +103,21 @@ pub enum Output {
     /// The streamed body cannot be completed: close the connection so the client sees a
     /// truncated response, never a short one that looks whole.
     Abort { client: ClientId },
-    /// Another peer owns the key: forward the request to `peers[0]`, falling back in order;
-    /// when all fail, hand it back with `Route::Local`.
+    /// Another peer owns the key: forward the request (`head`, normalized) to `peers[0]`,
+    /// falling back in order; when all fail, hand it back with `Route::Local`.
     Forward {
         client: ClientId,
         key: CacheKey,
         peers: Vec<String>,
+        head: request::Parts,
     },
     /// Not for the cache: send the request (and its body) upstream unchanged and relay the
     /// answer, adding `status` as Cache-Status. Unsafe methods were already invalidated.
+    /// `head` is the request as given (URI normalized).
     Pass {
         client: ClientId,
         status: CacheStatus,
+        head: request::Parts,
     },
     /// Make this upstream request and report its head, body, end or error.
     Fetch {

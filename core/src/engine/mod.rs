@@ -230,8 +230,12 @@ impl Engine {
                 return;
             }
         };
-        if let Ok(uri) = key.as_str().parse() {
-            head.uri = uri;
+        // The policy compares URIs as written: give it the normalized one (no re-parse when
+        // the client already wrote it that way).
+        if head.uri != key.as_str() {
+            if let Ok(uri) = key.as_str().parse() {
+                head.uri = uri;
+            }
         }
         if route == Route::ByRing {
             if let Some(me) = self.config.self_id.as_deref() {
@@ -246,6 +250,7 @@ impl Engine {
                         client: cid,
                         key,
                         peers,
+                        head,
                     });
                     return;
                 }
@@ -258,6 +263,7 @@ impl Engine {
             self.outputs.push_back(Output::Pass {
                 client: cid,
                 status: CacheStatus::fwd(Fwd::Method),
+                head,
             });
             return;
         }
@@ -267,6 +273,7 @@ impl Engine {
             self.outputs.push_back(Output::Pass {
                 client: cid,
                 status,
+                head,
             });
             return;
         }
@@ -350,6 +357,7 @@ impl Engine {
                 self.outputs.push_back(Output::Pass {
                     client: cid,
                     status,
+                    head: client.req,
                 });
                 return;
             }

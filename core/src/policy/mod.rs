@@ -127,6 +127,8 @@ pub struct Stored {
     res_cc: Directives,
     /// Freshness lifetime, fixed when stored or refreshed (Age counts against it).
     max_age: Duration,
+    /// When it stops being fresh (for requests without directives of their own).
+    fresh_until: SystemTime,
     has_validator: bool,
     validators: Vec<(HeaderName, http::HeaderValue)>,
     shared: bool,
@@ -326,6 +328,7 @@ impl Policy {
             vary,
             res_cc,
             max_age,
+            fresh_until: now + ttl,
             has_validator,
             validators: validators_of(&res.headers),
             shared,
@@ -340,6 +343,15 @@ impl Policy {
         }
         if !stored.vary.matches(&req.headers) {
             return Reuse::NoMatch(NotServed::VaryMismatch);
+        }
+        // The common case, without the crate's header copies: a request with no directives
+        // of its own, and a response still inside the lifetime computed when it was stored
+        // (Age grows one second per second, so freshness ends at a fixed instant).
+        if now < stored.fresh_until
+            && !req.headers.contains_key(header::CACHE_CONTROL)
+            && !req.headers.contains_key(header::PRAGMA)
+        {
+            return Reuse::Fresh;
         }
         let view = self.reuse_view(stored, req);
         match stored.policy.before_request(&view, now) {
@@ -422,6 +434,7 @@ impl Policy {
                     vary: stored.vary.clone(),
                     res_cc,
                     max_age,
+                    fresh_until: now + ttl,
                     has_validator: stored.has_validator,
                     validators: {
                         let v = validators_of(&head.headers);

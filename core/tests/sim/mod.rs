@@ -108,7 +108,6 @@ pub struct Sim {
     pub evicted: Vec<(usize, String, u64)>,
     pub cancelled: Vec<(usize, FetchId)>,
     next_client: u64,
-    sent_heads: HashMap<u64, request::Parts>,
     fetch_order: Vec<(usize, FetchId)>,
     /// Body chunk size the origin uses.
     pub chunk: usize,
@@ -150,7 +149,6 @@ impl Sim {
             evicted: Vec::new(),
             cancelled: Vec::new(),
             next_client: 0,
-            sent_heads: HashMap::new(),
             fetch_order: Vec::new(),
             chunk: 7,
         }
@@ -184,7 +182,6 @@ impl Sim {
         let id = ClientId(self.next_client);
         self.next_client += 1;
         self.results.insert(id, ClientResult::default());
-        self.sent_heads.insert(id.0, clone_req(&head));
         self.input(
             at,
             Input::Request {
@@ -243,7 +240,12 @@ impl Sim {
                     r.ended = true;
                 }
                 Output::Abort { client } => self.results.get_mut(&client).unwrap().aborted = true,
-                Output::Forward { client, peers, .. } => {
+                Output::Forward {
+                    client,
+                    peers,
+                    head,
+                    ..
+                } => {
                     let target = self
                         .peers
                         .iter()
@@ -255,7 +257,6 @@ impl Sim {
                         .forwarded_to
                         .push(peers[0].clone());
                     // Re-run the same request on the owner, marked as peer traffic.
-                    let head = self.last_request(client);
                     self.input(
                         target,
                         Input::Request {
@@ -265,11 +266,14 @@ impl Sim {
                         },
                     );
                 }
-                Output::Pass { client, status } => {
+                Output::Pass {
+                    client,
+                    status,
+                    head,
+                } => {
                     let r = self.results.get_mut(&client).unwrap();
                     r.passed = true;
                     r.pass_status = status.to_string();
-                    let head = self.last_request(client);
                     self.origin_log.push((at, head));
                 }
                 Output::Fetch { fetch, request } => {
@@ -285,14 +289,6 @@ impl Sim {
                 Output::Evicted { key, bytes } => self.evicted.push((at, key.to_string(), bytes)),
             }
         }
-    }
-
-    fn last_request(&self, _client: ClientId) -> request::Parts {
-        // Tests that forward or pass only need the URL; keep the original via a side table.
-        self.sent_heads
-            .get(&_client.0)
-            .map(clone_req)
-            .expect("request recorded")
     }
 
     /// Lets the origin answer everything pending, repeatedly, until the system is idle.

@@ -4,8 +4,37 @@
 use clap::Parser;
 use std::time::Duration;
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Worker threads: LARDER_THREADS, else one per core (benchmarks pin to one core).
+    let threads = std::env::var("LARDER_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+    // One thread: a current-thread runtime, no work stealing or cross-thread wake-ups.
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    match rt {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("larder: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LARDER_LOG")
