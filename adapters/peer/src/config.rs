@@ -47,7 +47,8 @@ pub struct Args {
     /// This peer's own URL as the others know it, e.g. http://10.0.0.1:3128.
     #[arg(long = "self", env = "LARDER_SELF")]
     pub self_url: Option<String>,
-    /// Every peer's URL, comma-separated (self may be listed or not).
+    /// Every member's URL, comma-separated. List --self to own a share of the keys; leave
+    /// it out to run an entry point that forwards everything to the members.
     #[arg(long, env = "LARDER_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
     /// Shared secret that authenticates peer-to-peer requests (HMAC-SHA256).
@@ -238,11 +239,6 @@ impl Args {
             .filter(|p| !p.trim().is_empty())
             .map(|p| canonical_peer(p))
             .collect::<Result<Vec<_>, _>>()?;
-        if let Some(me) = &self_url {
-            if !peers.is_empty() && !peers.contains(me) {
-                peers.push(me.clone());
-            }
-        }
         peers.sort();
         peers.dedup();
         if !peers.is_empty() && self_url.is_none() {
@@ -373,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn peers_are_canonical_and_include_self() {
+    fn peers_are_canonical_and_self_is_a_member_only_when_listed() {
         let s = Args {
             self_url: Some("HTTP://127.0.0.1:4001/".into()),
             peers: vec!["http://127.0.0.1:4002".into()],
@@ -383,8 +379,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             s.peers,
-            vec!["http://127.0.0.1:4001", "http://127.0.0.1:4002"]
+            vec!["http://127.0.0.1:4002"],
+            "self not listed: an entry point"
         );
+        assert_eq!(s.self_url.as_deref(), Some("http://127.0.0.1:4001"));
         assert!(
             Args {
                 peers: vec!["http://a:1".into()],

@@ -3,9 +3,11 @@
 //! The engine decides everything about caching; this crate moves bytes: it accepts
 //! connections ([`server`]), resolves the front doors ([`door`]), feeds the engine and
 //! carries out its outputs ([`driver`]), fetches from origins ([`upstream`]), talks to other
-//! peers ([`peers`]) and exports metrics ([`metrics`]).
+//! peers ([`peers`]) and exports metrics ([`metrics`]). [`Client`] is the library side: a
+//! non-participating client that sends each request straight to its owner.
 
 pub mod body;
+pub mod client;
 pub mod config;
 pub mod door;
 pub mod driver;
@@ -15,5 +17,6 @@ pub mod server;
 pub mod tls;
 pub mod upstream;
 
+pub use client::{Client, ClientError};
 pub use config::{Args, Settings};
 pub use server::{Running, start, start_on};

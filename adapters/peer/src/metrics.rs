@@ -9,13 +9,13 @@ use prometheus_client::registry::Registry;
 type Labels = Vec<(&'static str, &'static str)>;
 
 /// Request outcomes, in the order of `Metrics::outcomes`.
-const OUTCOMES: [&str; 5] = ["hit", "revalidated", "pass", "miss", "error"];
+const OUTCOMES: [&str; 6] = ["hit", "revalidated", "pass", "miss", "error", "forwarded"];
 
 pub struct Metrics {
     registry: Registry,
     /// Per-outcome handles into the `larder_requests` family, made once (no label
     /// allocation on the request path).
-    outcomes: [Counter; 5],
+    outcomes: [Counter; 6],
     pub origin_fetches: Counter,
     pub coalesced: Counter,
     pub peer_forwards: Counter,
@@ -138,6 +138,11 @@ impl Metrics {
         if cache_status.contains("collapsed") {
             self.coalesced.inc();
         }
+    }
+
+    /// Counts one request answered by another peer.
+    pub fn count_forwarded(&self) {
+        self.outcomes[5].inc();
     }
 
     pub fn render(&self) -> String {

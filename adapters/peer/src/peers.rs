@@ -149,7 +149,7 @@ pub fn peer_url(peer: &str, proxy_path: &str, target: &str) -> String {
 
 impl PeerLink<'_> {
     /// Sends the request to the first peer that answers, best first; `None` when every one
-    /// failed (the caller then serves it locally). Down peers are tried last.
+    /// failed or is marked down (the caller then serves it locally).
     pub async fn forward(
         &self,
         peers: &[String],
@@ -159,9 +159,9 @@ impl PeerLink<'_> {
         body: &Option<Bytes>,
         on_error: impl Fn(&str, &str),
     ) -> Option<Response<Incoming>> {
-        let (up, down): (Vec<&String>, Vec<&String>) =
-            peers.iter().partition(|p| !self.health.is_down(p));
-        for peer in up.into_iter().chain(down) {
+        // A peer marked down is skipped (the prober or its back-off brings it back); when
+        // every better peer is down the caller serves the request itself.
+        for peer in peers.iter().filter(|p| !self.health.is_down(p)) {
             let mut req = Request::builder().method(method.clone()).uri(peer_url(
                 peer,
                 self.proxy_path,

@@ -477,7 +477,10 @@ async fn route(
                     )
                     .await;
                 match got {
-                    Some(resp) => return Ok(relay(resp, None, &log)),
+                    Some(resp) => {
+                        state.metrics.count_forwarded();
+                        return Ok(relay(resp, None, &log));
+                    }
                     // Every better peer failed: serve it here (the engine still coalesces).
                     None => state.driver.retry_local(id, head),
                 }
@@ -509,15 +512,18 @@ async fn route(
     }
 }
 
+/// A streaming response's event channel and the client to release when it ends.
+type Streaming = (
+    tokio::sync::mpsc::UnboundedReceiver<ClientEvent>,
+    (Arc<Driver>, ClientId),
+);
+
 /// A response the engine made (from cache, or streaming a fill).
 fn respond(
     state: &State,
     mut head: http::response::Parts,
     body: ResponseBody,
-    stream: Option<(
-        tokio::sync::mpsc::UnboundedReceiver<ClientEvent>,
-        (Arc<Driver>, ClientId),
-    )>,
+    stream: Option<Streaming>,
     log: &impl Fn(u16, String, Option<u64>) -> Option<LogLine>,
 ) -> Response<ClientBody> {
     // The upstream's protocol version is hop-by-hop; hyper speaks for us.

@@ -241,9 +241,11 @@ impl Engine {
             if let Some(me) = self.config.self_id.as_deref() {
                 let prefs = self.ring.preference(key.as_bytes());
                 if prefs.first().is_some_and(|owner| *owner != me) {
+                    // Only peers ranked above this node: if they all fail, this node is the
+                    // next choice itself. A node outside the ring tries every member.
                     let peers = prefs
                         .into_iter()
-                        .filter(|p| *p != me)
+                        .take_while(|p| *p != me)
                         .map(str::to_owned)
                         .collect();
                     self.outputs.push_back(Output::Forward {

@@ -1,0 +1,333 @@
+//! Clusters of real peers on loopback in front of a real origin that counts requests.
+
+use larder_core::CacheKey;
+use larder_core::ring::{GroupcacheRing, PeerSelection, RingKind};
+use larder_tests::{Origin, Reply, cluster, get, send};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+fn owner_of(peers: &[String], kind: RingKind, url: &str) -> String {
+    let key = CacheKey::from_uri(&url.parse().unwrap()).unwrap();
+    PeerSelection::new(kind, peers)
+        .owner(key.as_bytes())
+        .unwrap()
+        .to_owned()
+}
+
+fn urls(c: &[larder_peer::Running]) -> Vec<String> {
+    c.iter()
+        .map(|r| r.state.settings.self_url.clone().unwrap())
+        .collect()
+}
+
+fn fetches(r: &larder_peer::Running) -> u64 {
+    let m = r.state.metrics.render();
+    m.lines()
+        .find(|l| l.starts_with("larder_origin_fetches_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_gets_over_three_peers_make_one_origin_request() {
+    let body: &'static str = Box::leak("c".repeat(50_000).into_boxed_str());
+    let origin = Origin::start(move |_, _| {
+        Reply::ok(body, &[("cache-control", "max-age=60")])
+            .delay(Duration::from_millis(300))
+            .throttle(8192, Duration::from_millis(5))
+    })
+    .await;
+    let c = cluster(3, |_| {}).await;
+    let url = origin.url("/cold");
+    let addrs: Vec<_> = c.iter().map(|r| r.addr).collect();
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (addr, url) = (addrs[i % 3], url.clone());
+        tasks.push(tokio::spawn(async move { get(addr, &url).await }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.as_ref(), body.as_bytes());
+    }
+    assert_eq!(origin.hits(), 1);
+    let owner = owner_of(&urls(&c), RingKind::Rendezvous, &url);
+    for r in &c {
+        let expected = if r.state.settings.self_url.as_deref() == Some(owner.as_str()) {
+            1
+        } else {
+            0
+        };
+        assert_eq!(fetches(r), expected, "only the owner fetches");
+    }
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (addr, url) = (addrs[i % 3], url.clone());
+        let method = if i % 2 == 0 { "GET" } else { "HEAD" };
+        tasks.push(tokio::spawn(async move {
+            send(addr, method, &url, &[]).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    assert_eq!(origin.hits(), 1, "GET and HEAD mixed add nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_owner_fails_over_fast_and_still_coalesces() {
+    let origin =
+        Origin::start(|_, _| Reply::ok("survivor", &[("cache-control", "max-age=60")])).await;
+    let mut c = cluster(3, |_| {}).await;
+    let peers = urls(&c);
+    // A URL owned by peer 0, entered through peer 1.
+    let url = (0..1000)
+        .map(|i| origin.url(&format!("/k{i}")))
+        .find(|u| owner_of(&peers, RingKind::Rendezvous, u) == peers[0])
+        .unwrap();
+    let owner = c.remove(0);
+    owner.shutdown(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    let r = get(c[0].addr, &url).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "survivor"));
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(origin.hits() <= 1);
+    let again = get(c[0].addr, &url).await;
+    assert_eq!(again.status, 200);
+    let other = get(c[1].addr, &url).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(
+        origin.hits(),
+        1,
+        "the node that took over keeps coalescing and caching"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_holed_owner_is_skipped_after_the_peer_timeout() {
+    // A peer that accepts connections and never answers.
+    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_url = format!("http://{}", hole.local_addr().unwrap());
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let origin =
+        Origin::start(|_, _| Reply::ok("answered", &[("cache-control", "max-age=60")])).await;
+    let hole2 = hole_url.clone();
+    let c = cluster(2, move |a| {
+        a.peers.push(hole2.clone());
+        a.peer_timeout = Some("500ms".into());
+    })
+    .await;
+    let mut all = urls(&c);
+    all.push(hole_url.clone());
+    let url = (0..1000)
+        .map(|i| origin.url(&format!("/h{i}")))
+        .find(|u| owner_of(&all, RingKind::Rendezvous, u) == hole_url)
+        .unwrap();
+    let start = Instant::now();
+    let r = get(c[0].addr, &url).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "answered"));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "took {took:?}"
+    );
+    // Marked down: the next request does not wait again.
+    let start = Instant::now();
+    assert_eq!(get(c[0].addr, &url).await.status, 200);
+    assert!(
+        start.elapsed() < Duration::from_millis(300),
+        "took {:?}",
+        start.elapsed()
+    );
+    let m = send(c[0].addr, "GET", "/metrics", &[])
+        .await
+        .unwrap()
+        .text();
+    assert!(m.contains("larder_peer_errors_total 1"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divergent_peer_lists_neither_loop_nor_deadlock() {
+    let origin = Origin::start(|_, _| Reply::ok("ok", &[("cache-control", "max-age=60")])).await;
+    let ls: Vec<TcpListener> = vec![
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    let u: Vec<String> = ls
+        .iter()
+        .map(|l| format!("http://{}", l.local_addr().unwrap()))
+        .collect();
+    let (a, b, cc) = (u[0].clone(), u[1].clone(), u[2].clone());
+    // A's list [B, C] (A is an entry point), B's list [A, B, C].
+    let views = [
+        vec![b.clone(), cc.clone()],
+        vec![a.clone(), b.clone(), cc.clone()],
+        vec![a.clone(), b.clone(), cc.clone()],
+    ];
+    let url = (0..5000)
+        .map(|i| origin.url(&format!("/d{i}")))
+        .find(|url| {
+            owner_of(&views[0], RingKind::Rendezvous, url) == b
+                && owner_of(&views[1], RingKind::Rendezvous, url) == a
+        })
+        .expect("a key each thinks the other owns");
+    let mut running = Vec::new();
+    for ((l, me), view) in ls.into_iter().zip(&u).zip(&views) {
+        let args = larder_peer::Args {
+            self_url: Some(me.clone()),
+            peers: view.clone(),
+            ..Default::default()
+        };
+        let mut s = args.resolve().unwrap();
+        s.listen = l.local_addr().unwrap();
+        running.push(larder_peer::start_on(l, s).await.unwrap());
+    }
+    let start = Instant::now();
+    let (ra, rb) = tokio::join!(get(running[0].addr, &url), get(running[1].addr, &url));
+    assert_eq!((ra.status, rb.status), (200, 200));
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(origin.hits() <= 2, "origin saw {}", origin.hits());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_traffic_needs_the_secret() {
+    let origin =
+        Origin::start(|_, _| Reply::ok("members only", &[("cache-control", "max-age=60")])).await;
+    let c = cluster(3, |a| a.peer_secret = Some("correct horse".into())).await;
+    let url = origin.url("/s");
+    let r = send(c[0].addr, "GET", &url, &[("larder-hop", "http://intruder")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let forged = send(
+        c[0].addr,
+        "GET",
+        &url,
+        &[("larder-hop", "x"), ("larder-peer-auth", "t=1,sig=00")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(forged.status, 401);
+    // A signed peer request is served where it lands (one hop at most): send it to the owner.
+    let owner = owner_of(&urls(&c), RingKind::Rendezvous, &url);
+    let at = c
+        .iter()
+        .find(|r| r.state.settings.self_url.as_deref() == Some(owner.as_str()))
+        .unwrap()
+        .addr;
+    let sig = larder_peer::peers::sign(
+        "correct horse",
+        &http::Method::GET,
+        &url,
+        std::time::SystemTime::now(),
+    );
+    let ok = send(
+        at,
+        "GET",
+        &url,
+        &[("larder-hop", "x"), ("larder-peer-auth", &sig)],
+    )
+    .await
+    .unwrap();
+    assert_eq!((ok.status, ok.text().as_str()), (200, "members only"));
+    // And the members reach each other with it: every entry point works.
+    for p in &c {
+        assert_eq!(get(p.addr, &url).await.status, 200);
+    }
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_library_goes_straight_to_the_owner_and_fails_over() {
+    let origin =
+        Origin::start(|seen, _| Reply::ok(seen.uri.clone(), &[("cache-control", "max-age=60")]))
+            .await;
+    let mut c = cluster(3, |_| {}).await;
+    let peers = urls(&c);
+    let client = larder_peer::Client::new(&peers, RingKind::Rendezvous).unwrap();
+    let targets: Vec<String> = (0..12).map(|i| origin.url(&format!("/lib{i}"))).collect();
+    for t in &targets {
+        let resp = client
+            .send(
+                http::Request::get(t.as_str())
+                    .body(bytes::Bytes::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // No peer forwarded anything: every request landed on its owner.
+    for r in &c {
+        let m = r.state.metrics.render();
+        assert!(m.contains("larder_peer_forwards_total 0"), "{m}");
+    }
+    for t in &targets {
+        let owner = owner_of(&peers, RingKind::Rendezvous, t);
+        assert_eq!(client.owner_for(t).unwrap(), owner);
+    }
+    // One peer down: everything still served.
+    let down = c.remove(1);
+    down.shutdown(Duration::from_millis(100)).await;
+    let mut svc = client.clone();
+    for t in &targets {
+        let resp = tower_call(&mut svc, t).await;
+        assert_eq!(resp.status(), 200, "{t}");
+    }
+}
+
+async fn tower_call(
+    svc: &mut larder_peer::Client,
+    url: &str,
+) -> http::Response<hyper::body::Incoming> {
+    use tower_service::Service;
+    std::future::poll_fn(|cx| {
+        Service::<http::Request<http_body_util::Empty<bytes::Bytes>>>::poll_ready(svc, cx)
+    })
+    .await
+    .unwrap();
+    svc.call(
+        http::Request::get(url)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groupcache_ring_mode_places_keys_like_groupcache() {
+    let origin = Origin::start(|_, _| Reply::ok("g", &[("cache-control", "max-age=60")])).await;
+    let c = cluster(3, |a| a.ring = Some("groupcache".into())).await;
+    let peers = urls(&c);
+    let ring = GroupcacheRing::new(&peers);
+    for i in 0..30 {
+        let url = origin.url(&format!("/g{i}"));
+        assert_eq!(get(c[i % 3].addr, &url).await.status, 200);
+        let key = CacheKey::from_uri(&url.parse().unwrap()).unwrap();
+        let owner = ring.owner(key.as_bytes()).unwrap();
+        let holder: Vec<&str> = c
+            .iter()
+            .filter(|r| r.state.driver.with_engine(|e| e.ring().kind()) == RingKind::Groupcache)
+            .filter(|r| fetches(r) > 0 && r.state.settings.self_url.as_deref() == Some(owner))
+            .map(|r| r.state.settings.self_url.as_deref().unwrap())
+            .collect();
+        assert_eq!(holder, vec![owner], "{url}");
+    }
+    let total: u64 = c.iter().map(fetches).sum();
+    assert_eq!(total, 30);
+    let _ = Arc::new(());
+}
