@@ -723,3 +723,65 @@ fn unmatched_304_is_retried_unconditionally_once() {
     assert_eq!((r.status(), r.text().as_str()), (200, "v2"));
     assert_eq!(s.origin_hits(), 3);
 }
+
+#[test]
+fn failed_unsafe_requests_do_not_invalidate() {
+    let mut s = Sim::single(|req, _| {
+        if req.method == "POST" {
+            Reply::ok("boom", &[]).status(500)
+        } else {
+            fresh("kept")
+        }
+    });
+    s.get(URL, &[]);
+    s.request("POST", URL, &[]);
+    assert!(
+        s.get(URL, &[]).cache_status().contains("hit"),
+        "a 500 leaves the entry alone"
+    );
+}
+
+#[test]
+fn location_and_content_location_are_invalidated() {
+    let mut s = Sim::single(|req, _| {
+        if req.method == "POST" {
+            Reply::ok(
+                "",
+                &[
+                    ("location", "/other"),
+                    ("content-location", "http://origin.test/third"),
+                ],
+            )
+            .status(201)
+        } else {
+            fresh("x")
+        }
+    });
+    for path in ["/a", "/other", "/third"] {
+        s.get(&format!("http://origin.test{path}"), &[]);
+    }
+    s.get("http://elsewhere.test/other", &[]);
+    s.request("POST", URL, &[]);
+    for path in ["/a", "/other", "/third"] {
+        let r = s.get(&format!("http://origin.test{path}"), &[]);
+        assert!(
+            r.cache_status().contains("uri-miss"),
+            "{path}: {}",
+            r.cache_status()
+        );
+    }
+    assert!(
+        s.get("http://elsewhere.test/other", &[])
+            .cache_status()
+            .contains("hit"),
+        "other origins untouched"
+    );
+}
+
+#[test]
+fn unknown_unsafe_methods_invalidate_too() {
+    let mut s = Sim::single(|_, _| fresh("x"));
+    s.get(URL, &[]);
+    s.request("M-SEARCH", URL, &[]);
+    assert!(s.get(URL, &[]).cache_status().contains("uri-miss"));
+}

@@ -487,3 +487,51 @@ async fn metrics_count_outcomes() {
     assert!(m.contains("larder_origin_fetches_total 1"), "{m}");
     assert!(m.contains("larder_cache_entries 1"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_follows_the_unsafe_response() {
+    let origin = Origin::start(|seen, n| match (seen.method.as_str(), seen.uri.as_str()) {
+        ("POST", "/fail") => Reply::ok("no", &[]).status(500),
+        ("POST", _) => Reply::ok(
+            "made",
+            &[("location", "/made"), ("content-location", "/cl")],
+        )
+        .status(201),
+        _ => Reply::ok(format!("gen{n}"), &[("cache-control", "max-age=60")]),
+    })
+    .await;
+    let p = peer(|_| {}).await;
+    for path in ["/fail", "/post", "/made", "/cl"] {
+        get(p.addr, &origin.url(path)).await;
+    }
+    send_body(
+        p.addr,
+        "POST",
+        &origin.url("/fail"),
+        &[],
+        Bytes::from_static(b"x"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        get(p.addr, &origin.url("/fail")).await.is_hit(),
+        "a failed POST invalidates nothing"
+    );
+    send_body(
+        p.addr,
+        "POST",
+        &origin.url("/post"),
+        &[],
+        Bytes::from_static(b"x"),
+    )
+    .await
+    .unwrap();
+    for path in ["/post", "/made", "/cl"] {
+        let r = get(p.addr, &origin.url(path)).await;
+        assert!(
+            r.cache_status().contains("uri-miss"),
+            "{path}: {}",
+            r.cache_status()
+        );
+    }
+}

@@ -25,7 +25,8 @@ use tokio::net::TcpListener;
 pub const MAX_URL: usize = 8 * 1024;
 /// Largest request head (start line and fields) accepted (431 beyond).
 pub const MAX_HEAD: usize = 32 * 1024;
-/// Most request header fields accepted (431 beyond).
+/// Most request header fields accepted (431 beyond): hyper's default of 100, left
+/// implicit because setting it moves header parsing from the stack to the heap.
 pub const MAX_HEADERS: usize = 100;
 /// Largest request body buffered for unsafe methods (413 beyond).
 pub const MAX_REQUEST_BODY: usize = 16 << 20;
@@ -134,7 +135,6 @@ async fn accept_loop(
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
                     .max_buf_size(64 * 1024)
-                    .max_headers(MAX_HEADERS)
                     .max_header_size(MAX_HEAD)
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades();
@@ -495,6 +495,13 @@ async fn route(
                 let up = &state.driver.upstream;
                 return match up.send(Request::from_parts(head, b), up.first_byte).await {
                     Ok(resp) => {
+                        // Unsafe methods invalidate once the answer is known to be a success.
+                        let mut head = http::Response::new(()).into_parts().0;
+                        head.status = resp.status();
+                        head.headers = resp.headers().clone();
+                        state
+                            .driver
+                            .input(larder_core::Input::PassResponse { client: id, head });
                         state.metrics.count(&status.to_string());
                         Ok(relay(resp, Some(status.to_header_value()), &log))
                     }

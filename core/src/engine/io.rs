@@ -71,6 +71,12 @@ pub enum Input {
     },
     /// The client went away; it gets no more outputs.
     ClientGone { client: ClientId },
+    /// The head of the upstream answer to an `Output::Pass` (unsafe methods invalidate on
+    /// success).
+    PassResponse {
+        client: ClientId,
+        head: response::Parts,
+    },
     /// Cluster membership changed.
     PeersChanged { peers: Vec<String> },
     /// The time handed out by `poll_timeout` has come.

@@ -130,6 +130,8 @@ pub struct Engine {
     fetches: HashMap<FetchId, Fetch>,
     flights: HashMap<CacheKey, FetchId>,
     hit_for_miss: HashMap<CacheKey, SystemTime>,
+    /// Unsafe requests passed upstream, waiting for their status to invalidate.
+    unsafe_passes: HashMap<ClientId, CacheKey>,
     outputs: VecDeque<Output>,
     next_fetch: u64,
     now: SystemTime,
@@ -159,6 +161,7 @@ impl Engine {
             fetches: HashMap::new(),
             flights: HashMap::new(),
             hit_for_miss: HashMap::new(),
+            unsafe_passes: HashMap::new(),
             outputs: VecDeque::new(),
             next_fetch: 0,
             now: SystemTime::UNIX_EPOCH,
@@ -210,7 +213,11 @@ impl Engine {
             Input::UpstreamBody { fetch, chunk } => self.on_body(fetch, chunk),
             Input::UpstreamEnd { fetch } => self.on_end(fetch),
             Input::UpstreamError { fetch, error } => self.on_error(fetch, error),
-            Input::ClientGone { client } => self.on_client_gone(client),
+            Input::ClientGone { client } => {
+                self.unsafe_passes.remove(&client);
+                self.on_client_gone(client)
+            }
+            Input::PassResponse { client, head } => self.on_pass_response(client, &head),
             Input::PeersChanged { peers } => {
                 self.ring = PeerSelection::new(self.config.ring, &peers);
                 self.config.peers = peers;
@@ -260,7 +267,8 @@ impl Engine {
         }
         if !policy::is_cacheable_method(&head.method) {
             if policy::invalidates(&head.method) {
-                self.invalidate(&key);
+                // Invalidated when the answer is known to be a success (RFC 9111 §4.4).
+                self.unsafe_passes.insert(cid, key);
             }
             self.outputs.push_back(Output::Pass {
                 client: cid,
@@ -524,6 +532,26 @@ impl Engine {
             request,
         });
         fid
+    }
+
+    /// An unsafe request got a non-error answer: invalidate its target, and the
+    /// `Location` and `Content-Location` URLs of the same origin (RFC 9111 §4.4).
+    fn on_pass_response(&mut self, cid: ClientId, head: &response::Parts) {
+        let Some(key) = self.unsafe_passes.remove(&cid) else {
+            return;
+        };
+        if !(head.status.is_success() || head.status.is_redirection()) {
+            return;
+        }
+        self.invalidate(&key);
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(v) = head.headers.get(&name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            if let Some(other) = resolve_same_origin(&key, v) {
+                self.invalidate(&other);
+            }
+        }
     }
 
     /// Drops every stored response for `key` and its segments (RFC 9111 §4.4).
@@ -1013,6 +1041,31 @@ impl Engine {
             }
         }
     }
+}
+
+/// A `Location`-style reference resolved against `base`, when it names the same origin
+/// (scheme and authority): other origins' entries must not be invalidated by this one.
+fn resolve_same_origin(base: &CacheKey, reference: &str) -> Option<CacheKey> {
+    let origin_end = base.as_str().find("://").map(|i| i + 3)?;
+    let path_start = base.as_str()[origin_end..]
+        .find('/')
+        .map(|i| i + origin_end)?;
+    let origin = &base.as_str()[..path_start];
+    let absolute = if reference.starts_with("http://") || reference.starts_with("https://") {
+        reference.to_owned()
+    } else if reference.starts_with('/') && !reference.starts_with("//") {
+        format!("{origin}{reference}")
+    } else {
+        // Relative path: resolve against the base's directory.
+        let path = base.as_str()[path_start..].split('?').next().unwrap_or("/");
+        let dir = &path[..path.rfind('/').map_or(1, |i| i + 1)];
+        format!("{origin}{dir}{reference}")
+    };
+    let key = CacheKey::from_uri(&absolute.parse().ok()?).ok()?;
+    key.as_str()
+        .starts_with(origin)
+        .then_some(key)
+        .filter(|k| k.as_str()[origin.len()..].starts_with('/'))
 }
 
 fn split(d: Result<Stored, NotStored>) -> (Option<Stored>, Option<NotStored>) {

@@ -10,6 +10,7 @@
 pub mod conditional;
 pub mod directives;
 pub mod vary;
+pub mod vectors;
 
 use core::fmt;
 use directives::Directives;

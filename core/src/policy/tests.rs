@@ -544,3 +544,25 @@ fn fill_request_strips_client_conditions_and_hop_by_hop() {
     }
     assert_eq!(f.headers.get("accept").unwrap(), "*/*");
 }
+
+/// `vectors/policy.txt`: the same cases every runtime checks.
+#[test]
+fn committed_policy_vectors_hold() {
+    let text = include_str!("../../vectors/policy.txt");
+    let mut n = 0;
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let c = vectors::Case::parse(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let got = vectors::run(&c);
+        assert_eq!(
+            got,
+            (c.storage.clone(), c.reuse.clone()),
+            "vector {}",
+            c.name
+        );
+        n += 1;
+    }
+    assert!(n >= 25, "only {n} vectors");
+}

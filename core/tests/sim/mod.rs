@@ -274,7 +274,13 @@ impl Sim {
                     let r = self.results.get_mut(&client).unwrap();
                     r.passed = true;
                     r.pass_status = status.to_string();
+                    self.fetch_order
+                        .push((at, FetchId(u64::MAX - self.fetch_order.len() as u64)));
+                    let n = self.fetch_order.len() - 1;
+                    let reply = (self.handler)(&head, n);
                     self.origin_log.push((at, head));
+                    let (res, _) = build(&clone_req(&self.origin_log.last().unwrap().1), &reply);
+                    self.input(at, Input::PassResponse { client, head: res });
                 }
                 Output::Fetch { fetch, request } => {
                     self.fetch_order.push((at, fetch));
