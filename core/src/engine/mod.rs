@@ -669,6 +669,7 @@ impl Engine {
             }
             FetchKind::Fill => {}
         }
+        self.policy.prepare_response(&mut head);
         let f = self.fetches.get_mut(&fid).expect("exists");
         f.declared = policy::content_length(&head.headers);
         f.total = f.declared;

@@ -261,6 +261,55 @@ impl Policy {
         self.config.mode == CacheMode::Shared
     }
 
+    /// Prepares an upstream head for judging and storing: `Age` reduced to the first
+    /// value of the first line (RFC 9111 §5.1; an invalid one is dropped), and the
+    /// field-qualified forms of `no-cache` and `private` applied (§5.2.2.4, §5.2.2.7): the
+    /// listed fields are removed and the rest stays usable. (Left in place, the crate would
+    /// read `no-cache="a"` as a bare `no-cache`, and `Age: 7200, 0` as 0.)
+    pub fn prepare_response(&self, res: &mut response::Parts) {
+        normalize_age(&mut res.headers);
+        let values: Vec<String> = res
+            .headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect();
+        if !values.iter().any(|v| v.contains('=')) {
+            return;
+        }
+        let mut keep = Vec::new();
+        let mut strip = Vec::new();
+        for d in values.iter().flat_map(|v| split_directives(v)) {
+            let (name, value) = match d.split_once('=') {
+                Some((n, v)) => (
+                    n.trim().to_ascii_lowercase(),
+                    Some(v.trim().trim_matches('"').to_owned()),
+                ),
+                None => (d.trim().to_ascii_lowercase(), None),
+            };
+            match (name.as_str(), value) {
+                ("no-cache", Some(fields)) => {
+                    strip.extend(fields.split(',').map(|f| f.trim().to_ascii_lowercase()))
+                }
+                ("private", Some(fields)) => {
+                    if self.shared() {
+                        strip.extend(fields.split(',').map(|f| f.trim().to_ascii_lowercase()));
+                    }
+                }
+                _ => keep.push(d.trim().to_owned()),
+            }
+        }
+        for f in strip.iter().filter(|f| !f.is_empty()) {
+            res.headers.remove(f.as_str());
+        }
+        res.headers.remove(header::CACHE_CONTROL);
+        if let Ok(v) = keep.join(", ").parse() {
+            if !keep.is_empty() {
+                res.headers.insert(header::CACHE_CONTROL, v);
+            }
+        }
+    }
+
     /// Decides from the head alone whether a response may be stored. `req` is the request
     /// that was sent upstream (see [`fill_request`]); `now` is when the head arrived.
     pub fn storable(
@@ -547,6 +596,45 @@ impl Stored {
             || self.res_cc.has("no-cache")
             || (self.shared && self.set_cookie && !self.res_cc.has("public"))
     }
+}
+
+/// `Age`: the first value of the first line, digits only, capped at 2^31 (RFC 9111 §1.2.2).
+fn normalize_age(h: &mut HeaderMap) {
+    let Some(first) = h.get(header::AGE) else {
+        return;
+    };
+    let v = first
+        .to_str()
+        .unwrap_or("")
+        .split([',', ';'])
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        let n = v.parse::<u64>().unwrap_or(u64::MAX).min(1 << 31);
+        h.insert(header::AGE, n.into());
+    } else {
+        h.remove(header::AGE);
+    }
+}
+
+/// Splits a Cache-Control value at commas outside quoted strings.
+fn split_directives(v: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in v.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&v[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&v[start..]);
+    out.into_iter().filter(|d| !d.trim().is_empty()).collect()
 }
 
 fn validators_of(h: &HeaderMap) -> Vec<(HeaderName, http::HeaderValue)> {

@@ -566,3 +566,73 @@ fn committed_policy_vectors_hold() {
     }
     assert!(n >= 25, "only {n} vectors");
 }
+
+// RFC 9111 §5.2.2.4 / §5.2.2.7: qualified no-cache and private.
+#[test]
+fn qualified_no_cache_and_private_strip_fields_only() {
+    let p = shared();
+    let mut r = res(
+        200,
+        &[
+            ("cache-control", "no-cache=\"a, b\""),
+            ("cache-control", "max-age=3600"),
+            ("a", "1"),
+            ("b", "2"),
+            ("c", "3"),
+        ],
+    );
+    p.prepare_response(&mut r);
+    assert!(r.headers.get("a").is_none() && r.headers.get("b").is_none());
+    assert_eq!(r.headers.get("c").unwrap(), "3");
+    assert_eq!(r.headers.get("cache-control").unwrap(), "max-age=3600");
+    let s = p.storable(&req("GET", &[]), &r, t0()).unwrap();
+    assert!(matches!(
+        p.reuse(&s, &req("GET", &[]), secs(10)),
+        Reuse::Fresh
+    ));
+    let mut r = res(
+        200,
+        &[
+            ("cache-control", "private=\"set-cookie\", max-age=60"),
+            ("set-cookie", "x=1"),
+        ],
+    );
+    p.prepare_response(&mut r);
+    assert!(r.headers.get("set-cookie").is_none());
+    assert!(p.storable(&req("GET", &[]), &r, t0()).is_ok());
+}
+
+// RFC 9111 §5.1: Age parsing (the cache-tests `age-parse` cases).
+#[test]
+fn age_header_is_parsed_strictly() {
+    let p = shared();
+    let fresh_after = |ages: &[&str]| {
+        let mut h: Vec<(&str, &str)> = vec![("cache-control", "max-age=3600")];
+        h.extend(ages.iter().map(|a| ("age", *a)));
+        let mut r = res(200, &h);
+        p.prepare_response(&mut r);
+        // Stale on arrival without a validator is not even stored.
+        p.storable(&req("GET", &[]), &r, t0())
+            .is_ok_and(|s| matches!(p.reuse(&s, &req("GET", &[]), secs(1)), Reuse::Fresh))
+    };
+    for fresh in [
+        &["abc"][..],
+        &["-7200"],
+        &["7200.0"],
+        &["0, 7200"],
+        &["0", "7200"],
+        &["0, 0"],
+        &["3000"],
+    ] {
+        assert!(fresh_after(fresh), "{fresh:?} should be fresh");
+    }
+    for stale in [
+        &["2147483648"][..],
+        &["2147483649"],
+        &["7200, 0"],
+        &["7200", "0"],
+        &["7200;foo=bar"],
+    ] {
+        assert!(!fresh_after(stale), "{stale:?} should be stale");
+    }
+}
