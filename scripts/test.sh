@@ -20,5 +20,21 @@ echo "== core builds for wasm (no clock, no I/O)"
 cargo build -p larder-core --target wasm32-unknown-unknown
 cargo build -p larder-core --target wasm32-wasip2
 
+echo "== JavaScript package (wasm-bindgen) in Node"
+if ! wasm-bindgen --version 2>/dev/null | grep -q "0.2.130"; then
+  cargo install wasm-bindgen-cli --version 0.2.130
+fi
+if ! command -v node >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+fi
+cargo build -p larder-wasm --release --target wasm32-unknown-unknown
+wasm-bindgen --target nodejs --out-dir adapters/wasm/pkg target/wasm32-unknown-unknown/release/larder_wasm.wasm
+node --test adapters/wasm/tests/
+
+echo "== Spin component (wasm32-wasip2)"
+cargo build -p larder-spin --target wasm32-wasip2 --profile component
+ls -l target/wasm32-wasip2/component/larder_spin.wasm
+
 echo "== tests"
-cargo test --workspace
+cargo test -p larder-spin --lib
+cargo test --workspace --exclude larder-spin

@@ -11,11 +11,14 @@
 //! - [`policy`]: RFC 9111 storability and freshness on top of `http-cache-semantics`.
 //! - [`range`] and [`segment`]: client byte ranges and the Range segments used to fetch large objects.
 //! - [`cache_status`]: the RFC 9211 `Cache-Status` header.
+//! - [`door`] and [`hop`]: the front doors and the peer protocol every runtime speaks.
 //! - [`engine`]: the state machine that combines all of them, driven with `handle_input` / `poll_output`.
 #![forbid(unsafe_code)]
 
 pub mod cache_status;
+pub mod door;
 pub mod engine;
+pub mod hop;
 pub mod key;
 pub mod lru;
 pub mod policy;

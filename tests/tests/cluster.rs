@@ -228,7 +228,7 @@ async fn peer_traffic_needs_the_secret() {
         .find(|r| r.state.settings.self_url.as_deref() == Some(owner.as_str()))
         .unwrap()
         .addr;
-    let sig = larder_peer::peers::sign(
+    let sig = larder_core::hop::sign(
         "correct horse",
         &http::Method::GET,
         &url,

@@ -1,7 +1,7 @@
 //! Larder's native peer: a thin tokio + hyper driver of `larder-core`.
 //!
 //! The engine decides everything about caching; this crate moves bytes: it accepts
-//! connections ([`server`]), resolves the front doors ([`door`]), feeds the engine and
+//! connections ([`server`]), resolves the front doors (`larder_core::door`), feeds the engine and
 //! carries out its outputs ([`driver`]), fetches from origins ([`upstream`]), talks to other
 //! peers ([`peers`]) and exports metrics ([`metrics`]). [`Client`] is the library side: a
 //! non-participating client that sends each request straight to its owner.
@@ -9,7 +9,6 @@
 pub mod body;
 pub mod client;
 pub mod config;
-pub mod door;
 pub mod driver;
 pub mod metrics;
 pub mod peers;

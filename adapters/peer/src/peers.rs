@@ -4,84 +4,12 @@
 use crate::upstream::{Body, Upstream};
 use bytes::Bytes;
 use hashbrown::HashMap;
-use hmac::{Hmac, Mac};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use larder_core::hop::{AUTH, HOP, sign};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// Marks a request as sent by a peer (value: the sender's id). A marked request is served
-/// where it lands, never forwarded again: one hop at most, whatever the peer lists say.
-pub const HOP: &str = "larder-hop";
-/// `t=<unix seconds>,sig=<hex HMAC-SHA256(secret, "t\nMETHOD\nURL")>`.
-pub const AUTH: &str = "larder-peer-auth";
-/// How far a signature's timestamp may be from our clock.
-const SKEW: u64 = 300;
-
-type HmacSha256 = Hmac<sha2::Sha256>;
-
-fn mac(secret: &str, t: u64, method: &Method, url: &str) -> HmacSha256 {
-    let mut m = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    m.update(format!("{t}\n{method}\n{url}").as_bytes());
-    m
-}
-
-fn unix(now: SystemTime) -> u64 {
-    now.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The AUTH header value for a request.
-pub fn sign(secret: &str, method: &Method, url: &str, now: SystemTime) -> String {
-    let t = unix(now);
-    let sig = mac(secret, t, method, url).finalize().into_bytes();
-    let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={t},sig={hex}")
-}
-
-/// Checks an AUTH header value in constant time.
-pub fn verify(
-    secret: &str,
-    method: &Method,
-    url: &str,
-    value: Option<&HeaderValue>,
-    now: SystemTime,
-) -> Result<(), &'static str> {
-    let v = value
-        .and_then(|v| v.to_str().ok())
-        .ok_or("missing peer credentials")?;
-    let mut t = None;
-    let mut sig = None;
-    for part in v.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", x)) => t = x.parse::<u64>().ok(),
-            Some(("sig", x)) => sig = decode_hex(x),
-            _ => {}
-        }
-    }
-    let (t, sig) = (
-        t.ok_or("malformed peer credentials")?,
-        sig.ok_or("malformed peer credentials")?,
-    );
-    if unix(now).abs_diff(t) > SKEW {
-        return Err("peer credentials expired (check clocks)");
-    }
-    mac(secret, t, method, url)
-        .verify_slice(&sig)
-        .map_err(|_| "bad peer credentials")
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+use std::time::{Duration, Instant, SystemTime};
 
 /// Which peers are marked down, until when. A down peer keeps its place in the hash input
 /// (its keys do not move); it is only skipped.
@@ -141,10 +69,10 @@ pub struct PeerLink<'a> {
 
 /// The URL a peer serves `target` at (the forwardcache-compatible door).
 pub fn peer_url(peer: &str, proxy_path: &str, target: &str) -> String {
-    let q: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("q", target)
-        .finish();
-    format!("{peer}{proxy_path}?{q}")
+    format!(
+        "{peer}{proxy_path}?{}",
+        larder_core::door::proxy_query(target)
+    )
 }
 
 impl PeerLink<'_> {
@@ -210,33 +138,6 @@ impl PeerLink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hmac_round_trip_and_rejections() {
-        let now = SystemTime::now();
-        let v = sign("s3cret", &Method::GET, "http://o/a", now);
-        let hv = HeaderValue::from_str(&v).unwrap();
-        assert_eq!(
-            verify("s3cret", &Method::GET, "http://o/a", Some(&hv), now),
-            Ok(())
-        );
-        assert!(verify("other", &Method::GET, "http://o/a", Some(&hv), now).is_err());
-        assert!(verify("s3cret", &Method::GET, "http://o/b", Some(&hv), now).is_err());
-        assert!(verify("s3cret", &Method::POST, "http://o/a", Some(&hv), now).is_err());
-        assert!(
-            verify(
-                "s3cret",
-                &Method::GET,
-                "http://o/a",
-                Some(&hv),
-                now + Duration::from_secs(600)
-            )
-            .is_err()
-        );
-        assert!(verify("s3cret", &Method::GET, "http://o/a", None, now).is_err());
-        let bad = HeaderValue::from_static("t=1,sig=zz");
-        assert!(verify("s3cret", &Method::GET, "http://o/a", Some(&bad), now).is_err());
-    }
 
     #[test]
     fn backoff_marks_and_clears() {

@@ -3,10 +3,9 @@
 
 use crate::body::{ClientBody, LogLine};
 use crate::config::Settings;
-use crate::door::{self, Door, Refused};
 use crate::driver::{Begin, ClientEvent, Driver};
 use crate::metrics::Metrics;
-use crate::peers::{self, Health, PeerLink};
+use crate::peers::{Health, PeerLink};
 use crate::upstream::{Body, BoxError, Upstream};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -14,6 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use larder_core::door::{self, Door, Refused};
 use larder_core::{ClientId, ResponseBody, Route};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -322,15 +322,15 @@ async fn route(
         &state.settings.proxy_path,
     )
     .map_err(|r| refuse(r, &parts))?;
-    let from_peer = parts.headers.contains_key(peers::HOP);
+    let from_peer = parts.headers.contains_key(larder_core::hop::HOP);
     if from_peer {
         match &state.settings.peer_secret {
             Some(secret) => {
-                let ok = peers::verify(
+                let ok = larder_core::hop::verify(
                     secret,
                     &parts.method,
                     &target.to_string(),
-                    parts.headers.get(peers::AUTH),
+                    parts.headers.get(larder_core::hop::AUTH),
                     SystemTime::now(),
                 );
                 ok.map_err(|why| {
@@ -354,8 +354,8 @@ async fn route(
         return Err(refuse(Refused(StatusCode::FORBIDDEN, why), &parts));
     }
     for h in [
-        peers::HOP,
-        peers::AUTH,
+        larder_core::hop::HOP,
+        larder_core::hop::AUTH,
         "proxy-authorization",
         "proxy-connection",
     ] {

@@ -29,7 +29,7 @@ fn ring(kind: &str, peers: &[String]) -> Result<PeerSelection, JsError> {
 
 /// Headers as a flat `[name, value, name, value, ...]` array (what `Headers` entries flatten to).
 fn headers(flat: &[String]) -> Result<http::HeaderMap, JsError> {
-    if flat.len() % 2 != 0 {
+    if !flat.len().is_multiple_of(2) {
         return Err(JsError::new(
             "headers must be a flat [name, value, ...] array",
         ));

@@ -9,7 +9,10 @@ use std::net::{TcpListener, TcpStream};
 use std::time::SystemTime;
 
 /// Reads one HTTP/1.1 head: the start line and the header fields.
-fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<(String, Vec<(String, String)>)>> {
+/// A start line and its header fields.
+type Head = (String, Vec<(String, String)>);
+
+fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Head>> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Ok(None);

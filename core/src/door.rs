@@ -86,6 +86,13 @@ pub fn resolve(
         .ok_or_else(|| bad(format!("cannot build a mirror URL from {pq:?}")))
 }
 
+/// The query of the forwardcache door for a target: `q=<escaped URL>`.
+pub fn proxy_query(target: &str) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("q", target)
+        .finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
