@@ -134,7 +134,11 @@ fn respond(
     head.headers
         .append(header::VIA, HeaderValue::from_static(VIA));
     let empty = req.method == Method::HEAD || head.status == StatusCode::NOT_MODIFIED;
-    if !empty {
+    if empty {
+        // WASI HTTP frames the body by Content-Length whatever the method: a HEAD or 304
+        // answer without a body must not announce the GET's length.
+        head.headers.remove(header::CONTENT_LENGTH);
+    } else {
         head.headers
             .insert(header::CONTENT_LENGTH, body.len().into());
     }
@@ -167,6 +171,18 @@ async fn handle(req: spin_sdk::http::Request) -> Resp {
 async fn serve(mut parts: request::Parts, body: Bytes, vars: Vars) -> Resp {
     let now = SystemTime::now();
     let policy = Policy::default();
+    // Spin hands the component its own absolute URL: the doors see the origin-form part
+    // (mirror path, or the forwardcache `/proxy?q=` door); the edge is never a forward proxy.
+    let origin_form = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    parts.uri = match origin_form.parse() {
+        Ok(u) => u,
+        Err(_) => return text(StatusCode::BAD_REQUEST, None, "bad request target"),
+    };
     let (target, _door) = match door::resolve(&parts, vars.upstream.as_ref(), "/proxy") {
         Ok(t) => t,
         Err(Refused(code, msg)) => return text(code, None, &msg),

@@ -1,0 +1,241 @@
+//! The real Spin component (built for wasm32-wasip2) running in wasmtime with WASI HTTP p3,
+//! against a real origin and real native peers on loopback.
+
+use bytes::Bytes;
+use larder_core::CacheKey;
+use larder_core::ring::{PeerSelection, RingKind};
+use larder_edge_host::EdgeHost;
+use larder_tests::{Origin, Reply};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The component CI builds (`cargo build -p larder-spin --target wasm32-wasip2 --profile component`).
+fn component() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/wasm32-wasip2/component/larder_spin.wasm");
+    assert!(
+        p.exists(),
+        "build the component first: cargo build -p larder-spin --target wasm32-wasip2 --profile component"
+    );
+    p
+}
+
+fn get(url: &str) -> http::Request<Bytes> {
+    http::Request::get(url).body(Bytes::new()).unwrap()
+}
+
+fn cache_status(r: &http::Response<Bytes>) -> String {
+    r.headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+fn proxy_url(target: &str) -> String {
+    format!(
+        "http://edge.test/proxy?{}",
+        larder_core::door::proxy_query(target)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn miss_then_hit_from_spin_key_value() {
+    let origin = Origin::start(|_, _| {
+        Reply::ok(
+            "from the edge",
+            &[("cache-control", "max-age=60"), ("etag", "\"e\"")],
+        )
+    })
+    .await;
+    let host = EdgeHost::load(
+        &component(),
+        &[("upstream", &origin.url(""))],
+        &[origin.addr.to_string()],
+    )
+    .unwrap();
+    let first = host.handle(get("http://edge.test/doc?x=1")).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.body().as_ref(), b"from the edge");
+    assert!(
+        cache_status(&first).contains("fwd=uri-miss") && cache_status(&first).contains("stored"),
+        "{}",
+        cache_status(&first)
+    );
+    let second = host.handle(get("http://edge.test/doc?x=1")).await.unwrap();
+    assert!(
+        cache_status(&second).starts_with("larder; hit; ttl="),
+        "{}",
+        cache_status(&second)
+    );
+    assert!(second.headers().get("age").is_some());
+    assert_eq!(second.body().as_ref(), b"from the edge");
+    assert_eq!(origin.hits(), 1);
+    assert_eq!(origin.seen()[0].uri, "/doc?x=1");
+    assert_eq!(host.kv.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_store_is_not_stored_and_head_and_conditionals_work() {
+    let origin = Origin::start(|seen, n| {
+        if seen.uri.contains("secret") {
+            Reply::ok(format!("{n}"), &[("cache-control", "no-store")])
+        } else {
+            Reply::ok("v", &[("cache-control", "max-age=60"), ("etag", "\"v\"")])
+        }
+    })
+    .await;
+    let host = EdgeHost::load(
+        &component(),
+        &[("upstream", &origin.url(""))],
+        &[origin.addr.to_string()],
+    )
+    .unwrap();
+    let a = host.handle(get("http://edge.test/secret")).await.unwrap();
+    assert!(
+        cache_status(&a).contains("detail=no-store"),
+        "{}",
+        cache_status(&a)
+    );
+    host.handle(get("http://edge.test/secret")).await.unwrap();
+    assert_eq!(origin.hits(), 2);
+    assert!(host.kv.lock().unwrap().is_empty());
+    host.handle(get("http://edge.test/v")).await.unwrap();
+    let head = host
+        .handle(
+            http::Request::head("http://edge.test/v")
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(cache_status(&head).contains("hit") && head.body().is_empty());
+    let nm = host
+        .handle(
+            http::Request::get("http://edge.test/v")
+                .header("if-none-match", "\"v\"")
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(nm.status(), 304);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_host_not_allowed_is_a_clear_502() {
+    let origin = Origin::start(|_, _| Reply::ok("never", &[])).await;
+    let host = EdgeHost::load(&component(), &[], &[]).unwrap();
+    let r = host
+        .handle(get(&proxy_url(&origin.url("/x"))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(
+        cache_status(&r).contains("detail=destination-not-allowed"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_concurrent_requests_are_all_served() {
+    let origin =
+        Origin::start(|seen, _| Reply::ok(seen.uri.clone(), &[("cache-control", "max-age=60")]))
+            .await;
+    let host = Arc::new(
+        EdgeHost::load(
+            &component(),
+            &[("upstream", &origin.url(""))],
+            &[origin.addr.to_string()],
+        )
+        .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            host.handle(get(&format!("http://edge.test/c{}", i % 10)))
+                .await
+                .unwrap()
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body().as_ref(), format!("/c{}", i % 10).as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_go_to_the_owner_the_native_ring_names_and_fail_over() {
+    let origin = Origin::start(|_, _| Reply::ok("owned", &[("cache-control", "max-age=60")])).await;
+    let peers = larder_tests::cluster(2, |_| {}).await;
+    let urls: Vec<String> = peers
+        .iter()
+        .map(|p| p.state.settings.self_url.clone().unwrap())
+        .collect();
+    let target = origin.url("/routed");
+    let key = CacheKey::from_uri(&target.parse().unwrap()).unwrap();
+    let owner = PeerSelection::new(RingKind::Rendezvous, &urls)
+        .owner(key.as_bytes())
+        .unwrap()
+        .to_owned();
+    let mut allowed: Vec<String> = peers.iter().map(|p| p.addr.to_string()).collect();
+    allowed.push(origin.addr.to_string());
+    let host = EdgeHost::load(&component(), &[("peers", &urls.join(","))], &allowed).unwrap();
+    let r = host.handle(get(&proxy_url(&target))).await.unwrap();
+    assert_eq!(
+        (r.status(), r.body().as_ref()),
+        (http::StatusCode::OK, b"owned".as_ref())
+    );
+    let via = r
+        .headers()
+        .get_all("via")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(
+        via.contains(&owner),
+        "answered by the owner {owner}: via {via}"
+    );
+    assert_eq!(origin.hits(), 1);
+    // Owner stopped: the next choice answers.
+    let mut peers = peers;
+    let idx = peers
+        .iter()
+        .position(|p| p.state.settings.self_url.as_deref() == Some(owner.as_str()))
+        .unwrap();
+    peers.remove(idx).shutdown(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    let r = host.handle(get(&proxy_url(&target))).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_and_per_request_time() {
+    let origin = Origin::start(|_, _| Reply::ok("t", &[("cache-control", "max-age=60")])).await;
+    let host = EdgeHost::load(
+        &component(),
+        &[("upstream", &origin.url(""))],
+        &[origin.addr.to_string()],
+    )
+    .unwrap();
+    host.handle(get("http://edge.test/t")).await.unwrap();
+    let n = 50;
+    let start = Instant::now();
+    for _ in 0..n {
+        assert!(
+            cache_status(&host.handle(get("http://edge.test/t")).await.unwrap()).contains("hit")
+        );
+    }
+    let per = start.elapsed() / n;
+    eprintln!(
+        "edge host: load {:?}, hit {:?} per request (debug host)",
+        host.load_time, per
+    );
+    assert!(per < Duration::from_secs(1));
+}
