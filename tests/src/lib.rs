@@ -202,10 +202,17 @@ async fn respond(
     tokio::time::sleep(reply.delay).await;
     let mut status = StatusCode::from_u16(reply.status).unwrap();
     let mut body = reply.body.clone();
-    let mut b = Response::builder().header(
-        "date",
-        httpdate::fmt_http_date(std::time::SystemTime::now()),
-    );
+    let mut b = Response::builder();
+    if !reply
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("date"))
+    {
+        b = b.header(
+            "date",
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        );
+    }
     let range = seen
         .headers
         .get("range")

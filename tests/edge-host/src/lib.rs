@@ -35,6 +35,7 @@ pub type Kv = Arc<Mutex<HashMap<String, Vec<u8>>>>;
 /// Outbound HTTP allowed only to these `host:port` authorities.
 struct Hooks {
     allowed: Vec<String>,
+    attempts: Arc<Mutex<Vec<String>>>,
 }
 
 impl WasiHttpHooks for Hooks {
@@ -69,7 +70,11 @@ impl WasiHttpHooks for Hooks {
                     .map(str::to_owned)
             })
             .unwrap_or_default();
-        if !self.allowed.iter().any(|a| *a == authority) {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(authority.clone());
+        if !self.allowed.contains(&authority) {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let _ = fut;
@@ -222,6 +227,19 @@ impl<T> variables::HostWithStore<T> for SpinHost {
     }
 }
 
+/// A wall clock stopped at one instant, so tests can move time (the component reads the
+/// WASI clock, as in production).
+struct FixedClock(u64);
+
+impl wasmtime_wasi::HostWallClock for FixedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_secs(self.0)
+    }
+}
+
 /// Compiling the component takes seconds in a debug host: once per process and path.
 fn compiled(path: &std::path::Path) -> Result<(Engine, Component)> {
     type Cache = Mutex<HashMap<std::path::PathBuf, (Engine, Component)>>;
@@ -249,6 +267,10 @@ pub struct EdgeHost {
     pub kv: Kv,
     vars: HashMap<String, String>,
     allowed: Vec<String>,
+    /// The wall clock the next instances see (seconds since the epoch); `None`: real time.
+    pub clock: Mutex<Option<u64>>,
+    /// Every outbound authority the component tried, in order (allowed or not).
+    pub attempts: Arc<Mutex<Vec<String>>>,
     /// Time to compile and link the component.
     pub load_time: Duration,
 }
@@ -275,6 +297,8 @@ impl EdgeHost {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             allowed: allowed.to_vec(),
+            attempts: Arc::default(),
+            clock: Mutex::new(None),
             load_time: start.elapsed(),
         })
     }
@@ -283,10 +307,18 @@ impl EdgeHost {
     pub async fn handle(&self, req: http::Request<Bytes>) -> Result<http::Response<Bytes>> {
         let state = State {
             table: ResourceTable::new(),
-            wasi: WasiCtxBuilder::new().inherit_stderr().build(),
+            wasi: {
+                let mut b = WasiCtxBuilder::new();
+                b.inherit_stderr();
+                if let Some(at) = *self.clock.lock().unwrap_or_else(|p| p.into_inner()) {
+                    b.wall_clock(FixedClock(at));
+                }
+                b.build()
+            },
             http: WasiHttpCtx::new(),
             hooks: Hooks {
                 allowed: self.allowed.clone(),
+                attempts: self.attempts.clone(),
             },
             spin: SpinCtx {
                 kv: self.kv.clone(),

@@ -239,3 +239,114 @@ async fn cold_start_and_per_request_time() {
     );
     assert!(per < Duration::from_secs(1));
 }
+
+/// `core/vectors/ring.txt` through the component: with every peer unreachable (none is
+/// allowed), the component tries them in its preference order, so the first outbound
+/// attempt names the owner. It must be the owner every other runtime computes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_vectors_hold_inside_the_component() {
+    let text = include_str!("../../../core/vectors/ring.txt");
+    let mut checked = 0;
+    for line in text.lines().filter(|l| l.starts_with("hrw|")) {
+        let f: Vec<&str> = line.split('|').collect();
+        let (peers, key, owner) = (f[1], f[2], f[3]);
+        let host = EdgeHost::load(&component(), &[("peers", peers)], &[]).unwrap();
+        let r = host.handle(get(&proxy_url(key))).await.unwrap();
+        assert_eq!(r.status(), 502, "nothing is reachable");
+        let attempts = host.attempts.lock().unwrap().clone();
+        let want: http::Uri = owner.parse().unwrap();
+        assert_eq!(
+            attempts.first().map(String::as_str),
+            want.authority().map(|a| a.as_str()),
+            "{line}"
+        );
+        // Every peer is tried once before the origin.
+        assert_eq!(attempts.len(), peers.split(',').count() + 1, "{line}");
+        checked += 1;
+    }
+    assert!(checked >= 100, "{checked}");
+}
+
+/// `core/vectors/policy.txt` through the component, on the host's clock: the storage
+/// decision (stored, or the reason in `Cache-Status: detail=`) and the reuse decision
+/// `later` seconds on (hit, or why the origin was asked again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_vectors_hold_inside_the_component() {
+    use larder_core::policy::vectors::{Case, T0_SECS};
+    let text = include_str!("../../../core/vectors/policy.txt");
+    let cases: Vec<Case> = text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| Case::parse(l).unwrap())
+        .collect();
+    let t0 = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(T0_SECS);
+    for c in cases {
+        let (status, res) = (c.status, c.res.clone());
+        let origin = Origin::start(move |_, _| {
+            let mut h: Vec<(String, String)> = vec![("date".into(), httpdate::fmt_http_date(t0))];
+            h.extend(res.clone());
+            let pairs: Vec<(&str, &str)> =
+                h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Reply::ok("body", &pairs).status(status)
+        })
+        .await;
+        let host = EdgeHost::load(
+            &component(),
+            &[("upstream", &origin.url(""))],
+            &[origin.addr.to_string()],
+        )
+        .unwrap();
+        let path = c.url.trim_start_matches("http://o.test");
+        let mut first = http::Request::builder()
+            .method(c.method.as_str())
+            .uri(format!("http://edge.test{path}"));
+        for (k, v) in &c.req {
+            first = first.header(k.as_str(), v.as_str());
+        }
+        *host.clock.lock().unwrap() = Some(T0_SECS);
+        let r1 = host
+            .handle(first.body(Bytes::new()).unwrap())
+            .await
+            .unwrap();
+        let cs1 = cache_status(&r1);
+        let storage = if cs1.contains("; stored") {
+            "stored".to_owned()
+        } else if cs1.contains("fwd=method") {
+            "method".to_owned()
+        } else {
+            cs1.split("detail=").nth(1).unwrap_or("").to_owned()
+        };
+        assert_eq!(storage, c.storage, "{}: {cs1}", c.name);
+        if c.reuse == "-" {
+            continue;
+        }
+        *host.clock.lock().unwrap() = Some(T0_SECS + c.later);
+        let mut then = http::Request::builder()
+            .method(if c.name == "head-from-get" {
+                "HEAD"
+            } else {
+                "GET"
+            })
+            .uri(format!("http://edge.test{path}"));
+        for (k, v) in &c.req_then {
+            then = then.header(k.as_str(), v.as_str());
+        }
+        let cs2 = cache_status(&host.handle(then.body(Bytes::new()).unwrap()).await.unwrap());
+        let reuse = if cs2.contains("; hit") {
+            "fresh"
+        } else if cs2.contains("fwd=vary-miss") {
+            "vary-mismatch"
+        } else if cs2.contains("fwd=stale") {
+            "stale"
+        } else {
+            "other"
+        };
+        // The edge revalidates instead of serving stale-while-revalidate (no background work).
+        let want = if c.reuse == "stale-while-revalidate" {
+            "stale"
+        } else {
+            c.reuse.as_str()
+        };
+        assert_eq!(reuse, want, "{}: {cs2}", c.name);
+    }
+}
