@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark: Larder vs nginx proxy_cache (and Varnish when BENCH_VARNISH=1),
 # all cache hits, each proxy pinned to the same single core, wrk on the other core.
-# Usage: bench/run.sh            (DURATION=10s ROUNDS=3 CONNS=50 to tune)
+# Usage: bench/run.sh            (DURATION=10s ROUNDS=3 CONNS=50 SIZES="1k 64k 1m" to tune)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-50}
+SIZES=${SIZES:-1k 64k 1m}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 
@@ -77,7 +78,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 printf "\n%-8s %-5s %12s %10s\n" proxy size "req/s" "p99 ms"
 declare -A RPS P99
-for f in 1k 64k 1m; do
+for f in $SIZES; do
   for p in "${proxies[@]}"; do
     name=${p%%:*}; port=${p#*:}
     rs=(); ps=()
@@ -87,7 +88,7 @@ for f in 1k 64k 1m; do
   done
 done
 echo
-for f in 1k 64k 1m; do
+for f in $SIZES; do
   awk -v f="$f" -v l="${RPS[larder.$f]}" -v n="${RPS[nginx.$f]}" -v lp="${P99[larder.$f]}" -v np="${P99[nginx.$f]}" \
     'BEGIN {printf "%-4s larder/nginx req/s ratio %.2f   p99 %s ms vs %s ms\n", f, l/n, lp, np}'
   if [ "${BENCH_VARNISH:-0}" = 1 ]; then

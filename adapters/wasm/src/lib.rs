@@ -5,7 +5,7 @@
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use larder_core::lru::{Admission, Eviction};
-use larder_core::policy::{NotServed, Policy, PolicyConfig, Reuse, Stored};
+use larder_core::policy::{Policy, PolicyConfig, Stored};
 use larder_core::ring::{PeerSelection, RingKind};
 use larder_core::{CacheKey, CacheMode};
 use std::time::{Duration, SystemTime};
@@ -144,17 +144,7 @@ impl Decision {
             return Ok("not-stored".into());
         };
         let req = request(method, url, &request_headers)?;
-        Ok(match self.policy.reuse(stored, &req, at(now_ms)) {
-            Reuse::Fresh => "fresh",
-            Reuse::Stale {
-                while_revalidate: true,
-                ..
-            } => "stale-while-revalidate",
-            Reuse::Stale { .. } => "stale",
-            Reuse::NoMatch(NotServed::VaryMismatch) => "vary-mismatch",
-            Reuse::NoMatch(_) => "method",
-        }
-        .into())
+        Ok(self.policy.reuse(stored, &req, at(now_ms)).token().into())
     }
 }
 

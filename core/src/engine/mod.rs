@@ -374,20 +374,10 @@ impl Engine {
             self.hit_for_miss.remove(&key);
         }
         // Wait behind a fetch already under way for this key.
-        if let Some(&fid) = self.flights.get(&key) {
-            if self.fetches.get(&fid).is_some_and(|f| f.joinable) {
-                client.collapsed = true;
-                client.fetch = Some(fid);
-                client.deadline = Some(self.now + self.config.collapse_timeout);
-                self.clients.insert(cid, client);
-                let f = self.fetches.get_mut(&fid).expect("checked");
-                f.clients.push(cid);
-                if f.head.is_some() {
-                    self.start_stream(cid, fid);
-                }
-                return;
-            }
-        }
+        let mut client = match self.join_flight(cid, client, &key) {
+            None => return,
+            Some(c) => c,
+        };
         if stale.is_none() && self.try_segment(cid, &mut client) {
             return;
         }
@@ -461,21 +451,11 @@ impl Engine {
                 return true;
             }
         }
-        let mut c = std::mem::replace(client, placeholder_client(&client.key));
-        if let Some(&fid) = self.flights.get(&seg_key) {
-            if self.fetches.get(&fid).is_some_and(|f| f.joinable) {
-                c.collapsed = true;
-                c.fetch = Some(fid);
-                c.deadline = Some(self.now + self.config.collapse_timeout);
-                self.clients.insert(cid, c);
-                let f = self.fetches.get_mut(&fid).expect("checked");
-                f.clients.push(cid);
-                if f.head.is_some() {
-                    self.start_stream(cid, fid);
-                }
-                return true;
-            }
-        }
+        let c = std::mem::replace(client, placeholder_client(&client.key));
+        let mut c = match self.join_flight(cid, c, &seg_key) {
+            None => return true,
+            Some(c) => c,
+        };
         let mut sent = policy::fill_request(&c.req);
         sent.headers.insert(
             header::RANGE,
@@ -494,6 +474,27 @@ impl Engine {
         f.base = index * size;
         self.flights.insert(seg_key, fid);
         true
+    }
+
+    /// Makes the client a follower of the joinable fetch under way for `key`, if any
+    /// (it replays what arrived so far); hands the client back when there is none.
+    fn join_flight(&mut self, cid: ClientId, mut client: Client, key: &CacheKey) -> Option<Client> {
+        let Some(&fid) = self.flights.get(key) else {
+            return Some(client);
+        };
+        if !self.fetches.get(&fid).is_some_and(|f| f.joinable) {
+            return Some(client);
+        }
+        client.collapsed = true;
+        client.fetch = Some(fid);
+        client.deadline = Some(self.now + self.config.collapse_timeout);
+        self.clients.insert(cid, client);
+        let f = self.fetches.get_mut(&fid).expect("checked");
+        f.clients.push(cid);
+        if f.head.is_some() {
+            self.start_stream(cid, fid);
+        }
+        None
     }
 
     fn start_fetch(

@@ -151,6 +151,23 @@ pub enum Reuse {
     NoMatch(NotServed),
 }
 
+impl Reuse {
+    /// A short name for logs, bindings and the shared vectors: `fresh`, `stale`,
+    /// `stale-while-revalidate`, `vary-mismatch` or `method`.
+    pub fn token(&self) -> &'static str {
+        match self {
+            Reuse::Fresh => "fresh",
+            Reuse::Stale {
+                while_revalidate: true,
+                ..
+            } => "stale-while-revalidate",
+            Reuse::Stale { .. } => "stale",
+            Reuse::NoMatch(NotServed::VaryMismatch) => "vary-mismatch",
+            Reuse::NoMatch(_) => "method",
+        }
+    }
+}
+
 /// The outcome of a validation response.
 #[derive(Debug)]
 pub enum Revalidated {

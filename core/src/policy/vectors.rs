@@ -1,7 +1,7 @@
 //! The shared policy vectors (`vectors/policy.txt`): parsing and evaluation, so every
 //! runtime (native, wasm-bindgen, the Spin component) runs the exact same cases.
 
-use super::{NotServed, Policy, Reuse};
+use super::Policy;
 use http::{HeaderName, HeaderValue, Request, Response};
 use std::time::{Duration, SystemTime};
 
@@ -108,16 +108,9 @@ pub fn run(c: &Case) -> (String, String) {
                 &c.url,
                 &c.req_then,
             );
-            let reuse = match policy.reuse(&stored, &then, t0 + Duration::from_secs(c.later)) {
-                Reuse::Fresh => "fresh",
-                Reuse::Stale {
-                    while_revalidate: true,
-                    ..
-                } => "stale-while-revalidate",
-                Reuse::Stale { .. } => "stale",
-                Reuse::NoMatch(NotServed::VaryMismatch) => "vary-mismatch",
-                Reuse::NoMatch(_) => "method",
-            };
+            let reuse = policy
+                .reuse(&stored, &then, t0 + Duration::from_secs(c.later))
+                .token();
             ("stored".to_owned(), reuse.to_owned())
         }
     }
