@@ -57,6 +57,9 @@ if [ "${BENCH_VARNISH:-0}" = 1 ]; then
   taskset -c "$PROXY_CPU" varnishd -a 127.0.0.1:$VARNISH -b 127.0.0.1:$ORIGIN -s malloc,512m -n "$work/varnish" -F >/dev/null 2>&1 &
 fi
 for i in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$LARDER/healthz" && break; sleep 0.1; done
+if [ "${BENCH_VARNISH:-0}" = 1 ]; then
+  for i in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$VARNISH/" && break; sleep 0.1; done
+fi
 
 proxies=("nginx:$NGINX" "larder:$LARDER")
 [ "${BENCH_VARNISH:-0}" = 1 ] && proxies+=("varnish:$VARNISH")
