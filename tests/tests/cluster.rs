@@ -331,3 +331,31 @@ async fn groupcache_ring_mode_places_keys_like_groupcache() {
     assert_eq!(total, 30);
     let _ = Arc::new(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_stalling_mid_body_aborts_the_relay() {
+    // The origin sends half the body, then nothing: the owner waits on it, and the entry
+    // peer must not wait forever either.
+    let origin = Origin::start(|_, _| {
+        Reply::ok("s".repeat(40_000), &[("cache-control", "max-age=60")])
+            .throttle(20_000, Duration::from_secs(30))
+    })
+    .await;
+    let c = cluster(2, |a| a.idle_timeout = Some("1s".into())).await;
+    let peers = urls(&c);
+    let url = (0..1000)
+        .map(|i| origin.url(&format!("/stall{i}")))
+        .find(|u| owner_of(&peers, RingKind::Rendezvous, u) == peers[1])
+        .unwrap();
+    let start = Instant::now();
+    let r = send(c[0].addr, "GET", &url, &[]).await;
+    assert!(
+        r.is_err(),
+        "the client sees the stall as an error, never a short 200: {r:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+}

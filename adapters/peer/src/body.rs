@@ -7,16 +7,18 @@ use crate::upstream::{Body, BoxError};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use larder_core::ClientId;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 enum Kind {
     Full(Option<Bytes>),
     Stream(mpsc::UnboundedReceiver<ClientEvent>),
-    Relay(Body),
+    /// An upstream body, with the longest silence allowed between two frames.
+    Relay(Body, Duration, Pin<Box<tokio::time::Sleep>>),
 }
 
 /// What the access log says about one request.
@@ -48,8 +50,10 @@ impl ClientBody {
     pub fn stream(rx: mpsc::UnboundedReceiver<ClientEvent>) -> Self {
         Self::of(Kind::Stream(rx))
     }
-    pub fn relay(b: Body) -> Self {
-        Self::of(Kind::Relay(b))
+    /// Relays an upstream body; silence longer than `idle` between frames aborts it, so a
+    /// peer or origin that stalls mid-body cannot hold the client forever.
+    pub fn relay(b: Body, idle: Duration) -> Self {
+        Self::of(Kind::Relay(b, idle, Box::pin(tokio::time::sleep(idle))))
     }
     fn of(kind: Kind) -> Self {
         ClientBody {
@@ -115,7 +119,18 @@ impl http_body::Body for ClientBody {
                     Poll::Ready(Some(_)) => continue,
                 }
             },
-            Kind::Relay(b) => Pin::new(b).poll_frame(cx),
+            Kind::Relay(b, idle, timer) => match Pin::new(b).poll_frame(cx) {
+                Poll::Pending => match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err("upstream went silent mid-body".into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                },
+                ready => {
+                    timer.as_mut().reset(tokio::time::Instant::now() + *idle);
+                    ready
+                }
+            },
         };
         match &out {
             Poll::Ready(Some(Ok(f))) => {
@@ -132,7 +147,7 @@ impl http_body::Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Relay(b) => b.is_end_stream(),
+            Kind::Relay(b, ..) => b.is_end_stream(),
             Kind::Stream(_) => false,
         }
     }
@@ -141,7 +156,7 @@ impl http_body::Body for ClientBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Relay(b) => b.size_hint(),
+            Kind::Relay(b, ..) => b.size_hint(),
             Kind::Stream(_) => SizeHint::default(),
         }
     }

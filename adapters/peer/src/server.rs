@@ -479,7 +479,7 @@ async fn route(
                 match got {
                     Some(resp) => {
                         state.metrics.count_forwarded();
-                        return Ok(relay(resp, None, &log));
+                        return Ok(relay(resp, None, state.settings.idle_timeout, &log));
                     }
                     // Every better peer failed: serve it here (the engine still coalesces).
                     None => state.driver.retry_local(id, head),
@@ -503,7 +503,12 @@ async fn route(
                             .driver
                             .input(larder_core::Input::PassResponse { client: id, head });
                         state.metrics.count(&status.to_string());
-                        Ok(relay(resp, Some(status.to_header_value()), &log))
+                        Ok(relay(
+                            resp,
+                            Some(status.to_header_value()),
+                            state.settings.idle_timeout,
+                            &log,
+                        ))
                     }
                     Err(e) => {
                         let code = match e {
@@ -567,6 +572,7 @@ fn respond(
 fn relay(
     resp: Response<Incoming>,
     cache_status: Option<HeaderValue>,
+    idle: Duration,
     log: &impl Fn(u16, String, Option<u64>) -> Option<LogLine>,
 ) -> Response<ClientBody> {
     let (mut head, body) = resp.into_parts();
@@ -581,7 +587,8 @@ fn relay(
         cache,
         larder_core::policy::content_length(&head.headers),
     );
-    let body = ClientBody::relay(body.map_err(|e| Box::new(e) as BoxError).boxed()).logged(line);
+    let body =
+        ClientBody::relay(body.map_err(|e| Box::new(e) as BoxError).boxed(), idle).logged(line);
     Response::from_parts(head, body)
 }
 

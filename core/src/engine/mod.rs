@@ -306,8 +306,6 @@ impl Engine {
             };
             let reuse = self.policy.reuse(&entry.stored, &client.req, self.now);
             let ttl = entry.stored.ttl(self.now).as_secs() as i64;
-            let age = entry.stored.age(self.now).as_secs() as i64;
-            let staleness = self.now_staleness(id);
             match reuse {
                 Reuse::Fresh => {
                     self.store.touch(id);
@@ -321,8 +319,7 @@ impl Engine {
                 } => {
                     if while_revalidate {
                         self.store.touch(id);
-                        let _ = (ttl, age);
-                        let mut status = CacheStatus::hit(-staleness);
+                        let mut status = CacheStatus::hit(-self.now_staleness(id));
                         status.detail = Some("stale-while-revalidate");
                         self.clients.insert(cid, client);
                         self.answer_from_entry(cid, id, status);

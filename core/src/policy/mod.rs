@@ -570,9 +570,12 @@ impl Stored {
             .map(|(_, v)| v.clone())
     }
 
-    /// Seconds of freshness left.
+    /// Freshness left. Age grows one second per second, so this is the instant computed
+    /// when the response was stored (or refreshed) minus `now`.
     pub fn ttl(&self, now: SystemTime) -> Duration {
-        self.policy.time_to_live(now)
+        self.fresh_until
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
     }
 
     /// The current Age (RFC 9111 §4.2.3).
