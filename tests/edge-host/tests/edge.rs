@@ -234,8 +234,14 @@ async fn cold_start_and_per_request_time() {
     }
     let per = start.elapsed() / n;
     eprintln!(
-        "edge host: load {:?}, hit {:?} per request (debug host)",
-        host.load_time, per
+        "edge host: load {:?}, hit {:?} per request ({} host)",
+        host.load_time,
+        per,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     assert!(per < Duration::from_secs(1));
 }
