@@ -87,6 +87,22 @@ struct Client {
     fwd: Fwd,
 }
 
+impl Client {
+    /// A request not yet attached to anything: a URI miss until the lookup says otherwise.
+    fn new(req: request::Parts, key: CacheKey) -> Self {
+        Client {
+            req,
+            key,
+            fetch: None,
+            streaming: false,
+            window: None,
+            deadline: None,
+            collapsed: false,
+            fwd: Fwd::UriMiss,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FetchKind {
     Fill,
@@ -287,16 +303,7 @@ impl Engine {
             });
             return;
         }
-        let mut client = Client {
-            req: head,
-            key: key.clone(),
-            fetch: None,
-            streaming: false,
-            window: None,
-            deadline: None,
-            collapsed: false,
-            fwd: Fwd::UriMiss,
-        };
+        let mut client = Client::new(head, key.clone());
         // Stored variants, best first.
         let mut stale: Option<(u64, request::Parts)> = None;
         let ids: Vec<u64> = self.store.variants(&key).to_vec();
@@ -1099,15 +1106,7 @@ fn clone_request(r: &request::Parts) -> request::Parts {
     b.body(()).expect("valid parts").into_parts().0
 }
 
+/// An empty stand-in left behind when a `&mut Client` is moved into the engine's books.
 fn placeholder_client(key: &CacheKey) -> Client {
-    Client {
-        req: http::Request::new(()).into_parts().0,
-        key: key.clone(),
-        fetch: None,
-        streaming: false,
-        window: None,
-        deadline: None,
-        collapsed: false,
-        fwd: Fwd::UriMiss,
-    }
+    Client::new(http::Request::new(()).into_parts().0, key.clone())
 }
