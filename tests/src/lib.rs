@@ -30,6 +30,8 @@ pub struct Reply {
     pub cut_after: Option<usize>,
     /// Answer Range requests with 206 (default) or ignore them.
     pub ranges: bool,
+    /// Counts the body bytes actually handed to the connection (streamed replies).
+    pub sent: Option<Arc<AtomicUsize>>,
 }
 
 impl Reply {
@@ -45,6 +47,7 @@ impl Reply {
             throttle: None,
             cut_after: None,
             ranges: true,
+            sent: None,
         }
     }
     pub fn status(mut self, s: u16) -> Self {
@@ -61,6 +64,10 @@ impl Reply {
     }
     pub fn cut_after(mut self, n: usize) -> Self {
         self.cut_after = Some(n);
+        self
+    }
+    pub fn count_sent(mut self, counter: Arc<AtomicUsize>) -> Self {
+        self.sent = Some(counter);
         self
     }
     pub fn ignore_ranges(mut self) -> Self {
@@ -242,7 +249,8 @@ async fn respond(
     let is_head = seen.method == "HEAD";
     let body: BoxBody<Bytes, BoxError> = if is_head || status == StatusCode::NOT_MODIFIED {
         Full::new(Bytes::new()).map_err(|n| match n {}).boxed()
-    } else if reply.cut_after.is_some() || reply.throttle.is_some() {
+    } else if reply.cut_after.is_some() || reply.throttle.is_some() || reply.sent.is_some() {
+        let sent = reply.sent.clone();
         let (chunk, every) = reply.throttle.unwrap_or((16 * 1024, Duration::ZERO));
         let limit = reply.cut_after.unwrap_or(body.len()).min(body.len());
         let cut = reply.cut_after.is_some();
@@ -253,6 +261,9 @@ async fn respond(
                 let end = (off + chunk).min(limit);
                 if tx.send_data(body.slice(off..end)).await.is_err() {
                     return;
+                }
+                if let Some(c) = &sent {
+                    c.fetch_add(end - off, Ordering::SeqCst);
                 }
                 off = end;
                 if !every.is_zero() {

@@ -541,3 +541,44 @@ async fn invalidation_follows_the_unsafe_response() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_pauses_the_fetch_instead_of_buffering_the_object() {
+    const SIZE: usize = 64 << 20;
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s2 = sent.clone();
+    let body = Bytes::from(vec![b'b'; SIZE]);
+    let origin = Origin::start(move |_, _| {
+        Reply::ok(body.clone(), &[("cache-control", "max-age=60")])
+            .throttle(64 * 1024, Duration::ZERO)
+            .count_sent(s2.clone())
+    })
+    .await;
+    // Too large to store: nothing but backpressure can bound the memory.
+    let p = peer(|a| a.max_object_size = Some("1MiB".into())).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", origin.url("/huge")).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = s.read(&mut buf).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during_stall = sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        during_stall < SIZE / 2,
+        "origin pushed {during_stall} bytes to a client that stopped reading"
+    );
+    // Reading again resumes the transfer to the end.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        got += n;
+        if n == 0 || got >= SIZE || Instant::now() > deadline {
+            break;
+        }
+    }
+    assert!(got >= SIZE, "received {got}");
+}

@@ -2,7 +2,7 @@
 //! engine, or a relayed upstream body. It writes the access-log line and tells the engine
 //! when the client goes away.
 
-use crate::driver::{ClientEvent, Driver};
+use crate::driver::{ClientEvent, Driver, Events};
 use crate::upstream::{Body, BoxError};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -12,11 +12,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 enum Kind {
     Full(Option<Bytes>),
-    Stream(mpsc::UnboundedReceiver<ClientEvent>),
+    Stream(Events),
     /// An upstream body, with the longest silence allowed between two frames.
     Relay(Body, Duration, Pin<Box<tokio::time::Sleep>>),
 }
@@ -47,7 +46,7 @@ impl ClientBody {
     pub fn empty() -> Self {
         Self::of(Kind::Full(None))
     }
-    pub fn stream(rx: mpsc::UnboundedReceiver<ClientEvent>) -> Self {
+    pub fn stream(rx: Events) -> Self {
         Self::of(Kind::Stream(rx))
     }
     /// Relays an upstream body; silence longer than `idle` between frames aborts it, so a

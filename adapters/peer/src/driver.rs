@@ -9,7 +9,7 @@ use hashbrown::HashMap;
 use http::{request, response};
 use larder_core::cache_status::CacheStatus;
 use larder_core::{ClientId, Engine, FetchId, Input, Output, ResponseBody, Route};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
@@ -35,6 +35,41 @@ pub enum ClientEvent {
     },
 }
 
+/// Bytes a client may have queued before the fetch feeding it pauses (backpressure: memory
+/// stays bounded by the cache plus this per client, never by object size).
+pub const BACKLOG_LIMIT: usize = 1 << 20;
+
+/// The receiving end of a client's events, counting body bytes not yet taken.
+pub struct Events {
+    rx: mpsc::UnboundedReceiver<ClientEvent>,
+    backlog: Arc<AtomicUsize>,
+}
+
+impl Events {
+    pub async fn recv(&mut self) -> Option<ClientEvent> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ClientEvent>> {
+        let ev = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(ClientEvent::Body(b))) = &ev {
+            self.backlog.fetch_sub(b.len(), Ordering::Relaxed);
+        }
+        ev
+    }
+
+    fn try_recv(&mut self) -> Option<ClientEvent> {
+        let ev = self.rx.try_recv().ok();
+        if let Some(ClientEvent::Body(b)) = &ev {
+            self.backlog.fetch_sub(b.len(), Ordering::Relaxed);
+        }
+        ev
+    }
+}
+
 /// How a request started.
 pub enum Begin {
     /// Answered at once with a complete response (a hit, a 304, an error): the engine has
@@ -46,14 +81,16 @@ pub enum Begin {
     /// More events follow on `rx`; `first` is the one already received, if any.
     Pending {
         id: ClientId,
-        rx: mpsc::UnboundedReceiver<ClientEvent>,
+        rx: Events,
         first: Option<ClientEvent>,
     },
 }
 
 struct Inner {
     engine: Engine,
-    clients: HashMap<ClientId, mpsc::UnboundedSender<ClientEvent>>,
+    clients: HashMap<ClientId, (mpsc::UnboundedSender<ClientEvent>, Arc<AtomicUsize>)>,
+    /// Backlogs over the limit met while draining the current input.
+    lagging: Vec<Arc<AtomicUsize>>,
     fetches: HashMap<FetchId, AbortHandle>,
 }
 
@@ -71,6 +108,7 @@ impl Driver {
                 engine,
                 clients: HashMap::new(),
                 fetches: HashMap::new(),
+                lagging: Vec::new(),
             }),
             next_client: AtomicU64::new(1),
             upstream,
@@ -87,9 +125,14 @@ impl Driver {
     /// Starts a request under a single lock; hits come back without further locking.
     pub fn begin(self: &Arc<Self>, head: request::Parts, route: Route) -> Begin {
         let id = ClientId(self.next_client.fetch_add(1, Ordering::Relaxed));
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let mut rx = Events {
+            rx,
+            backlog: backlog.clone(),
+        };
         let mut inner = self.lock();
-        inner.clients.insert(id, tx);
+        inner.clients.insert(id, (tx, backlog));
         self.input_locked(
             &mut inner,
             Input::Request {
@@ -98,7 +141,7 @@ impl Driver {
                 route,
             },
         );
-        match rx.try_recv().ok() {
+        match rx.try_recv() {
             Some(ClientEvent::Respond {
                 head,
                 body: body @ (ResponseBody::Full(_) | ResponseBody::Empty),
@@ -154,9 +197,23 @@ impl Driver {
     }
 
     fn send(inner: &mut Inner, client: ClientId, ev: ClientEvent) {
-        if let Some(tx) = inner.clients.get(&client) {
+        if let Some((tx, backlog)) = inner.clients.get(&client) {
+            if let ClientEvent::Body(b) = &ev
+                && backlog.fetch_add(b.len(), Ordering::Relaxed) + b.len() > BACKLOG_LIMIT
+            {
+                let lagging = backlog.clone();
+                inner.lagging.push(lagging);
+            }
             let _ = tx.send(ev);
         }
+    }
+
+    /// Feeds a body chunk; returns the backlogs of clients now too far behind, which the
+    /// fetch waits on before reading more.
+    pub fn input_body(self: &Arc<Self>, fetch: FetchId, chunk: Bytes) -> Vec<Arc<AtomicUsize>> {
+        let mut inner = self.lock();
+        self.input_locked(&mut inner, Input::UpstreamBody { fetch, chunk });
+        std::mem::take(&mut inner.lagging)
     }
 
     fn dispatch(self: &Arc<Self>, inner: &mut Inner, out: Output) {

@@ -525,10 +525,7 @@ async fn route(
 }
 
 /// A streaming response's event channel and the client to release when it ends.
-type Streaming = (
-    tokio::sync::mpsc::UnboundedReceiver<ClientEvent>,
-    (Arc<Driver>, ClientId),
-);
+type Streaming = (crate::driver::Events, (Arc<Driver>, ClientId));
 
 /// A response the engine made (from cache, or streaming a fill).
 fn respond(

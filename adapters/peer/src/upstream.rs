@@ -144,7 +144,16 @@ pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
                 if let Ok(chunk) = frame.into_data() {
                     if !chunk.is_empty() {
                         driver.metrics.bytes_from_origin.inc_by(chunk.len() as u64);
-                        driver.input(Input::UpstreamBody { fetch: fid, chunk });
+                        let lagging = driver.input_body(fid, chunk);
+                        // Backpressure: read no more while a client is too far behind (a
+                        // client that leaves drops its backlog's other owners).
+                        while lagging.iter().any(|b| {
+                            Arc::strong_count(b) > 1
+                                && b.load(std::sync::atomic::Ordering::Relaxed)
+                                    > crate::driver::BACKLOG_LIMIT / 2
+                        }) {
+                            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                        }
                     }
                 }
             }
