@@ -785,3 +785,42 @@ fn unknown_unsafe_methods_invalidate_too() {
     s.request("M-SEARCH", URL, &[]);
     assert!(s.get(URL, &[]).cache_status().contains("uri-miss"));
 }
+
+#[test]
+fn hit_for_miss_memory_is_bounded() {
+    let mut s = Sim::single(|_, _| Reply::ok("x", &[("cache-control", "no-store")]));
+    s.chunk = 1 << 20;
+    for i in 0..(larder_core::engine::HIT_FOR_MISS_MAX + 500) {
+        s.get(&format!("http://origin.test/api?id={i}"), &[]);
+    }
+    assert!(s.engines[0].remembered_keys() <= larder_core::engine::HIT_FOR_MISS_MAX);
+    assert_eq!(
+        s.engines[0].in_flight(),
+        (0, 0),
+        "nothing else is left behind"
+    );
+}
+
+#[test]
+fn evicted_segments_leave_the_segment_index() {
+    let cfg = Config {
+        memory: 4 * 1024,
+        segment_size: Some(16),
+        ..Default::default()
+    };
+    let mut s = Sim::new(1, cfg, |req, _| {
+        if req.uri.path() == "/seg" {
+            fresh("0123456789abcdefghijklmnopqrstuvwxyz")
+        } else {
+            Reply::ok("x".repeat(600).leak(), &[("cache-control", "max-age=60")])
+        }
+    });
+    let r = s.get("http://origin.test/seg", &[("range", "bytes=0-3")]);
+    assert_eq!((r.status(), r.text().as_str()), (206, "0123"));
+    assert_eq!(s.engines[0].remembered_keys(), 1);
+    for i in 0..10 {
+        s.get(&format!("http://origin.test/filler{i}"), &[]);
+    }
+    assert!(s.evicted.iter().any(|(_, k, _)| k.ends_with("#seg=0")));
+    assert_eq!(s.engines[0].remembered_keys(), 0);
+}

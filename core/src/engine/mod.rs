@@ -62,6 +62,9 @@ impl Default for Config {
     }
 }
 
+/// Most URLs remembered as uncacheable at once.
+pub const HIT_FOR_MISS_MAX: usize = 16_384;
+
 /// A bad configuration value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -687,6 +690,8 @@ impl Engine {
 
     /// Head known: decide who may share it, then start every client's response.
     fn after_head(&mut self, fid: FetchId) {
+        let until = self.now + self.config.hit_for_miss;
+        let mut uncacheable = None;
         let f = self.fetches.get_mut(&fid).expect("exists");
         let mut released = Vec::new();
         if f.storing.is_none() {
@@ -698,8 +703,7 @@ impl Engine {
                     released = f.clients.split_off(1);
                 }
                 if !matches!(f.not_stored, Some(NotStored::RequestNoStore)) {
-                    let until = self.now + self.config.hit_for_miss;
-                    self.hit_for_miss.insert(f.key.clone(), until);
+                    uncacheable = Some(f.key.clone());
                 }
             }
             f.joinable = false;
@@ -718,6 +722,9 @@ impl Engine {
             });
             f.clients = keep;
             released = other;
+        }
+        if let Some(key) = uncacheable {
+            self.remember_uncacheable(key, until);
         }
         for c in &released {
             if let Some(c) = self.clients.get_mut(c) {
@@ -809,6 +816,7 @@ impl Engine {
                 });
             }
             for (key, bytes) in dropped {
+                self.forget_segment(&key);
                 self.outputs.push_back(Output::Evicted { key, bytes });
             }
         }
@@ -984,6 +992,41 @@ impl Engine {
             self.answer_from_entry(cid, variant, s);
         }
         true
+    }
+
+    /// A segment entry left the store: drop it from its object's index.
+    fn forget_segment(&mut self, key: &CacheKey) {
+        let Some((object, index)) = key.as_str().rsplit_once("#seg=") else {
+            return;
+        };
+        let (object, Ok(index)) = (CacheKey::from_normalized(object), index.parse::<u64>()) else {
+            return;
+        };
+        if let Some(ix) = self.segments_of.get_mut(&object) {
+            ix.retain(|i| *i != index);
+            if ix.is_empty() {
+                self.segments_of.remove(&object);
+            }
+        }
+    }
+
+    /// Hit-for-miss memory is an optimization: bounded, expired entries pruned as it fills,
+    /// and forgotten wholesale if a flood of unique uncacheable URLs still overflows it.
+    fn remember_uncacheable(&mut self, key: CacheKey, until: SystemTime) {
+        if self.hit_for_miss.len() >= HIT_FOR_MISS_MAX {
+            let now = self.now;
+            self.hit_for_miss.retain(|_, u| *u > now);
+            if self.hit_for_miss.len() >= HIT_FOR_MISS_MAX {
+                self.hit_for_miss.clear();
+            }
+        }
+        self.hit_for_miss.insert(key, until);
+    }
+
+    /// Keys the engine remembers outside the store (hit-for-miss marks, segment indexes):
+    /// bounded, whatever the traffic.
+    pub fn remembered_keys(&self) -> usize {
+        self.hit_for_miss.len() + self.segments_of.len()
     }
 
     /// Seconds an entry is past its freshness (0 while fresh), for `Cache-Status: ttl=-N`.
