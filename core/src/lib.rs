@@ -18,6 +18,7 @@
 pub mod cache_status;
 pub mod door;
 pub mod engine;
+pub mod heads;
 pub mod hop;
 pub mod key;
 pub mod lru;

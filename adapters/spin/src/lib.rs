@@ -14,6 +14,7 @@ use http::{HeaderValue, Method, StatusCode, header, request, response};
 use http_body_util::{BodyExt, Full};
 use larder_core::cache_status::{CacheStatus, Fwd};
 use larder_core::door::{self, Refused};
+use larder_core::heads::{clone_request, clone_response};
 use larder_core::policy::{self, Policy, Reuse, Revalidated, conditional};
 use larder_core::ring::{PeerSelection, RingKind};
 use larder_core::{CacheKey, hop};
@@ -117,14 +118,7 @@ fn respond(
     req: &request::Parts,
 ) -> Resp {
     if head.status == StatusCode::OK && conditional::is_not_modified(&req.headers, &head.headers) {
-        let mut nm = http::Response::builder()
-            .status(304)
-            .body(())
-            .expect("valid")
-            .into_parts()
-            .0;
-        nm.headers = conditional::not_modified_headers(&head.headers);
-        head = nm;
+        head = conditional::not_modified_response(&head);
     }
     if let Some(a) = age {
         head.headers.insert(header::AGE, a.into());
@@ -314,10 +308,10 @@ async fn local(policy: &Policy, req: request::Parts, key: CacheKey, now: SystemT
         }
     }
     let sent = match &stale {
-        Some((_, _, revalidate)) => clone_req(revalidate),
+        Some((_, _, revalidate)) => clone_request(revalidate),
         None => policy::fill_request(&req),
     };
-    let origin = fetch(clone_req(&sent), Bytes::new(), MAX_ENTRY).await;
+    let origin = fetch(clone_request(&sent), Bytes::new(), MAX_ENTRY).await;
     let (mut head, body, complete) = match origin {
         Ok(x) => x,
         Err(e) => {
@@ -377,7 +371,7 @@ async fn local(policy: &Policy, req: request::Parts, key: CacheKey, now: SystemT
             let entry = Entry {
                 time: unix(now),
                 request: fill,
-                response: clone_head(&head),
+                response: clone_response(&head),
                 body: body.clone(),
             };
             if let Some(store) = &store {
@@ -388,27 +382,4 @@ async fn local(policy: &Policy, req: request::Parts, key: CacheKey, now: SystemT
         Err(why) => status.detail = Some(why.as_str()),
     }
     respond(head, body, &status, None, &req)
-}
-
-fn clone_req(r: &request::Parts) -> request::Parts {
-    let mut out = request::Request::builder()
-        .method(r.method.clone())
-        .uri(r.uri.clone())
-        .body(())
-        .expect("valid")
-        .into_parts()
-        .0;
-    out.headers = r.headers.clone();
-    out
-}
-
-fn clone_head(h: &response::Parts) -> response::Parts {
-    let mut out = http::Response::builder()
-        .status(h.status)
-        .body(())
-        .expect("valid")
-        .into_parts()
-        .0;
-    out.headers = h.headers.clone();
-    out
 }

@@ -513,7 +513,7 @@ impl Engine {
     ) -> FetchId {
         let fid = FetchId(self.next_fetch);
         self.next_fetch += 1;
-        let request = clone_request(&sent);
+        let request = crate::heads::clone_request(&sent);
         self.fetches.insert(
             fid,
             Fetch {
@@ -1136,17 +1136,6 @@ fn concat(chunks: Vec<Bytes>) -> Bytes {
             b.freeze()
         }
     }
-}
-
-fn clone_request(r: &request::Parts) -> request::Parts {
-    let mut b = http::Request::builder()
-        .method(r.method.clone())
-        .uri(r.uri.clone())
-        .version(r.version);
-    if let Some(h) = b.headers_mut() {
-        *h = r.headers.clone();
-    }
-    b.body(()).expect("valid parts").into_parts().0
 }
 
 /// An empty stand-in left behind when a `&mut Client` is moved into the engine's books.

@@ -3,6 +3,7 @@
 
 use super::{ClientId, Engine, FetchId, Output, ResponseBody};
 use crate::cache_status::CacheStatus;
+use crate::heads::clone_response;
 use crate::policy::conditional;
 use crate::range::{self, ByteRange};
 use bytes::{Bytes, BytesMut};
@@ -56,13 +57,6 @@ fn set_status_headers(head: &mut response::Parts, status: &CacheStatus, age: Opt
     );
 }
 
-fn not_modified(head: &response::Parts) -> response::Parts {
-    let mut out = http::Response::new(()).into_parts().0;
-    out.status = StatusCode::NOT_MODIFIED;
-    out.headers = conditional::not_modified_headers(&head.headers);
-    out
-}
-
 fn unsatisfiable(total: u64) -> response::Parts {
     let mut out = http::Response::new(()).into_parts().0;
     out.status = StatusCode::RANGE_NOT_SATISFIABLE;
@@ -75,21 +69,13 @@ fn unsatisfiable(total: u64) -> response::Parts {
 }
 
 fn partial(head: &response::Parts, r: ByteRange, total: u64) -> response::Parts {
-    let mut out = clone_head(head);
+    let mut out = clone_response(head);
     out.status = StatusCode::PARTIAL_CONTENT;
     out.headers.insert(
         header::CONTENT_RANGE,
         r.content_range(total).parse().expect("ascii"),
     );
     out.headers.insert(header::CONTENT_LENGTH, r.len().into());
-    out
-}
-
-pub(super) fn clone_head(h: &response::Parts) -> response::Parts {
-    let mut out = http::Response::new(()).into_parts().0;
-    out.status = h.status;
-    out.version = h.version;
-    out.headers = h.headers.clone();
     out
 }
 
@@ -119,7 +105,7 @@ fn multipart(
         out.extend_from_slice(&body[(r.start - base) as usize..=(r.end - base) as usize]);
     }
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let mut h = clone_head(head);
+    let mut h = clone_response(head);
     h.status = StatusCode::PARTIAL_CONTENT;
     h.headers.insert(
         header::CONTENT_TYPE,
@@ -159,11 +145,14 @@ impl Engine {
             }
             None => (e.body.len() as u64, 0),
         };
-        let mut whole = clone_head(&e.head);
+        let mut whole = clone_response(&e.head);
         whole.headers.insert(header::CONTENT_LENGTH, total.into());
         let held = base..base + e.body.len() as u64;
         let (mut head, body) = match shape(&client.req, &whole, Some(total)) {
-            Shape::NotModified => (not_modified(&whole), ResponseBody::Empty),
+            Shape::NotModified => (
+                conditional::not_modified_response(&whole),
+                ResponseBody::Empty,
+            ),
             Shape::Head => (whole, ResponseBody::Empty),
             Shape::Unsatisfiable => (unsatisfiable(total), ResponseBody::Empty),
             Shape::Single(r) if held.contains(&r.start) && held.contains(&r.end) => {
@@ -205,8 +194,12 @@ impl Engine {
         status.detail = f.not_stored.map(|n| n.as_str());
         let total = f.total;
         let (mut out, window, body) = match shape(&client.req, head, total) {
-            Shape::NotModified => (not_modified(head), None, ResponseBody::Empty),
-            Shape::Head => (clone_head(head), None, ResponseBody::Empty),
+            Shape::NotModified => (
+                conditional::not_modified_response(head),
+                None,
+                ResponseBody::Empty,
+            ),
+            Shape::Head => (clone_response(head), None, ResponseBody::Empty),
             Shape::Unsatisfiable => (unsatisfiable(total.unwrap_or(0)), None, ResponseBody::Empty),
             Shape::Single(r) => (
                 partial(head, r, total.unwrap_or(0)),
@@ -215,7 +208,7 @@ impl Engine {
             ),
             Shape::Whole | Shape::Multi(_) => {
                 // A segment fetch only serves its planned range; anything else is a 200.
-                (clone_head(head), None, ResponseBody::Stream)
+                (clone_response(head), None, ResponseBody::Stream)
             }
         };
         set_status_headers(&mut out, &status, None);

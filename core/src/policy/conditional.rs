@@ -54,6 +54,14 @@ pub fn if_range_holds(req: &HeaderMap, res: &HeaderMap) -> bool {
     }
 }
 
+/// The 304 answering a client's precondition from a stored response head.
+pub fn not_modified_response(stored: &http::response::Parts) -> http::response::Parts {
+    let mut out = http::Response::new(()).into_parts().0;
+    out.status = http::StatusCode::NOT_MODIFIED;
+    out.headers = not_modified_headers(&stored.headers);
+    out
+}
+
 /// The header fields a 304 carries (§15.4.5), taken from the stored response.
 pub fn not_modified_headers(res: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();

@@ -477,7 +477,7 @@ impl Policy {
         }
         // A 304 without validators answers the conditional we sent for exactly this entry
         // (many servers send bare 304s); give it the entry's validators so it matches.
-        let mut res = clone_response_head(res);
+        let mut res = crate::heads::clone_response(res);
         if !res.headers.contains_key(header::ETAG)
             && !res.headers.contains_key(header::LAST_MODIFIED)
         {
@@ -551,14 +551,6 @@ impl Policy {
     pub fn staleness(&self, stored: &Stored, now: SystemTime) -> Duration {
         stored.policy.age(now).saturating_sub(stored.max_age)
     }
-}
-
-fn clone_response_head(r: &response::Parts) -> response::Parts {
-    let mut out = http::Response::new(()).into_parts().0;
-    out.status = r.status;
-    out.version = r.version;
-    out.headers = r.headers.clone();
-    out
 }
 
 impl Stored {

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, request, response};
 use larder_core::engine::UpstreamError;
+use larder_core::heads::clone_request;
 use larder_core::{ClientId, Config, Engine, FetchId, Input, Output, ResponseBody, Route};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
@@ -279,12 +280,13 @@ impl Sim {
                     let n = self.fetch_order.len() - 1;
                     let reply = (self.handler)(&head, n);
                     self.origin_log.push((at, head));
-                    let (res, _) = build(&clone_req(&self.origin_log.last().unwrap().1), &reply);
+                    let (res, _) =
+                        build(&clone_request(&self.origin_log.last().unwrap().1), &reply);
                     self.input(at, Input::PassResponse { client, head: res });
                 }
                 Output::Fetch { fetch, request } => {
                     self.fetch_order.push((at, fetch));
-                    self.origin_log.push((at, clone_req(&request)));
+                    self.origin_log.push((at, clone_request(&request)));
                     self.pending.push_back((at, fetch, request));
                 }
                 Output::CancelFetch { fetch } => {
@@ -381,14 +383,6 @@ impl Sim {
             }
         }
     }
-}
-
-pub fn clone_req(r: &request::Parts) -> request::Parts {
-    let mut b = Request::builder()
-        .method(r.method.clone())
-        .uri(r.uri.clone());
-    *b.headers_mut().unwrap() = r.headers.clone();
-    b.body(()).unwrap().into_parts().0
 }
 
 /// The origin's response: honours Range (206) when asked and allowed.
