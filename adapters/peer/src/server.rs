@@ -25,9 +25,6 @@ use tokio::net::TcpListener;
 pub const MAX_URL: usize = 8 * 1024;
 /// Largest request head (start line and fields) accepted (431 beyond).
 pub const MAX_HEAD: usize = 32 * 1024;
-/// Most request header fields accepted (431 beyond): hyper's default of 100, left
-/// implicit because setting it moves header parsing from the stack to the heap.
-pub const MAX_HEADERS: usize = 100;
 /// Largest request body buffered for unsafe methods (413 beyond).
 pub const MAX_REQUEST_BODY: usize = 16 << 20;
 
@@ -136,6 +133,8 @@ async fn accept_loop(
                     .header_read_timeout(Duration::from_secs(10))
                     .max_buf_size(64 * 1024)
                     .max_header_size(MAX_HEAD)
+                    // At most 100 header fields (431 beyond): hyper's default, left implicit
+                    // because setting it moves header parsing from the stack to the heap.
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades();
                 let mut stop = stop.clone();
@@ -643,9 +642,4 @@ async fn connect(
         }
     });
     Ok(Response::new(ClientBody::empty()))
-}
-
-/// Used by tests and the client library: the bytes of a body.
-pub async fn collect(b: Incoming) -> Result<Bytes, hyper::Error> {
-    Ok(b.collect().await?.to_bytes())
 }

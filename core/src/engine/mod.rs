@@ -789,17 +789,13 @@ impl Engine {
         }
         if let (Some(stored), Some(mut head)) = (f.storing.take(), f.head.take()) {
             let body = concat(std::mem::take(&mut f.chunks));
+            // Stored with its own length (chunked answers had none); a segment also keeps
+            // the whole object's.
+            head.headers
+                .insert(header::CONTENT_LENGTH, body.len().into());
             let total = match f.kind {
-                FetchKind::Segment { .. } => {
-                    head.headers
-                        .insert(header::CONTENT_LENGTH, body.len().into());
-                    f.total
-                }
-                _ => {
-                    head.headers
-                        .insert(header::CONTENT_LENGTH, body.len().into());
-                    None
-                }
+                FetchKind::Segment { .. } => f.total,
+                _ => None,
             };
             let (id, dropped) = self.store.insert(f.key.clone(), stored, head, body, total);
             if let (Some(_), FetchKind::Segment { index }) = (id, f.kind) {

@@ -146,7 +146,10 @@ impl Engine {
             None => (e.body.len() as u64, 0),
         };
         let mut whole = clone_response(&e.head);
-        whole.headers.insert(header::CONTENT_LENGTH, total.into());
+        if e.total.is_some() {
+            // A segment is stored with its own length; clients see the whole object's.
+            whole.headers.insert(header::CONTENT_LENGTH, total.into());
+        }
         let held = base..base + e.body.len() as u64;
         let (mut head, body) = match shape(&client.req, &whole, Some(total)) {
             Shape::NotModified => (
