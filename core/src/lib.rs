@@ -12,6 +12,7 @@
 //! - [`range`] and [`segment`]: client byte ranges and the Range segments used to fetch large objects.
 //! - [`cache_status`]: the RFC 9211 `Cache-Status` header.
 //! - [`door`] and [`hop`]: the front doors and the peer protocol every runtime speaks.
+//! - [`time`]: saturating time arithmetic (header values and `now` are never trusted).
 //! - [`engine`]: the state machine that combines all of them, driven with `handle_input` / `poll_output`.
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod policy;
 pub mod range;
 pub mod ring;
 pub mod segment;
+pub mod time;
 
 pub use cache_status::CacheStatus;
 pub use engine::{ClientId, Config, Engine, FetchId, Input, Output, ResponseBody, Route};

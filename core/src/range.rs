@@ -51,7 +51,7 @@ pub fn parse(value: &str) -> Option<Vec<RangeSpec>> {
     }
 }
 
-/// An absolute range `start..=end` within a representation.
+/// An absolute range `start..=end` within a representation (`start <= end`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteRange {
     pub start: u64,
@@ -59,8 +59,10 @@ pub struct ByteRange {
 }
 
 impl ByteRange {
+    /// Bytes in the range. Saturates: `0-18446744073709551615` is one byte longer than a
+    /// u64 can say, and a hostile header must not make arithmetic wrap or panic.
     pub fn len(&self) -> u64 {
-        self.end - self.start + 1
+        self.end.saturating_sub(self.start).saturating_add(1)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -77,8 +79,14 @@ impl ByteRange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unsatisfiable;
 
-/// Resolves specs against a length.
+/// Resolves specs against a length. Every range comes out clamped to `0..total`, so what
+/// follows (slicing, segment planning) works on numbers no larger than the object.
+/// A zero-length representation has no byte to select: unsatisfiable (callers serve such
+/// objects whole, which RFC 9110 §14.2 always allows).
 pub fn resolve(specs: &[RangeSpec], total: u64) -> Result<Vec<ByteRange>, Unsatisfiable> {
+    if total == 0 {
+        return Err(Unsatisfiable);
+    }
     let mut out = Vec::new();
     for s in specs {
         let r = match *s {
@@ -106,23 +114,30 @@ pub fn resolve(specs: &[RangeSpec], total: u64) -> Result<Vec<ByteRange>, Unsati
     }
 }
 
-/// Merges overlapping or adjacent ranges (§14.2 lets a server do so); keeps request order
-/// otherwise, as clients expect their parts back in the order asked.
+/// Merges overlapping or adjacent ranges (§14.2 lets a server do so). Disjoint ranges keep
+/// request order, as clients expect their parts back in the order asked; when any two
+/// overlap, all are sorted and merged, so a response is never larger than the object
+/// (`bytes=1-,0-,1-,0-,…` would otherwise send a 64 MiB object sixteen times).
 fn coalesce(mut ranges: Vec<ByteRange>) -> Vec<ByteRange> {
     if ranges.len() < 2 {
         return ranges;
     }
-    let sorted = ranges.windows(2).all(|w| w[0].start <= w[1].start);
-    if !sorted {
+    let mut sorted = ranges.clone();
+    sorted.sort_unstable_by_key(|r| r.start);
+    let touching = sorted
+        .windows(2)
+        .any(|w| w[1].start <= w[0].end.saturating_add(1));
+    if !touching {
         return ranges;
     }
     let mut out: Vec<ByteRange> = Vec::with_capacity(ranges.len());
-    for r in ranges.drain(..) {
+    for r in sorted {
         match out.last_mut() {
             Some(last) if r.start <= last.end.saturating_add(1) => last.end = last.end.max(r.end),
             _ => out.push(r),
         }
     }
+    ranges.clear();
     out
 }
 
@@ -202,6 +217,46 @@ mod tests {
             ])
         );
         assert_eq!(r("bytes=-0", 50), Err(Unsatisfiable));
+        // Disjoint ranges keep their order; overlapping ones are merged, never repeated.
+        assert_eq!(
+            r("bytes=10-12,0-1", 50),
+            Ok(vec![
+                ByteRange { start: 10, end: 12 },
+                ByteRange { start: 0, end: 1 }
+            ])
+        );
+        assert_eq!(
+            r("bytes=1-,0-,1-,0-,5-9", 50),
+            Ok(vec![ByteRange { start: 0, end: 49 }])
+        );
+    }
+
+    /// Issue 8 (12): an empty body with `bytes=-5` once gave `bytes 0-18446744073709551615/0`.
+    #[test]
+    fn zero_length_and_huge_numbers_never_wrap() {
+        for spec in [
+            "bytes=-5",
+            "bytes=0-",
+            "bytes=0-0",
+            "bytes=-18446744073709551615",
+        ] {
+            assert_eq!(
+                resolve(&parse(spec).unwrap(), 0),
+                Err(Unsatisfiable),
+                "{spec}"
+            );
+        }
+        let all = ByteRange {
+            start: 0,
+            end: u64::MAX,
+        };
+        assert_eq!(all.len(), u64::MAX);
+        let r = resolve(&parse("bytes=0-18446744073709551615").unwrap(), u64::MAX).unwrap();
+        assert_eq!(r[0].end, u64::MAX - 1);
+        assert_eq!(
+            resolve(&parse("bytes=-18446744073709551615").unwrap(), 10),
+            Ok(vec![ByteRange { start: 0, end: 9 }])
+        );
     }
 
     #[test]

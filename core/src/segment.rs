@@ -17,16 +17,53 @@ pub struct Segments {
     pub size: u64,
 }
 
+/// A run of consecutive segment indexes, `first..=last`. Plans are made of spans, never of
+/// every index: a client may name a range of 2^64 bytes, and planning must cost the same for
+/// it as for one byte (a list of indexes once took 4 GB and aborted the process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub first: u64,
+    pub last: u64,
+}
+
+impl Span {
+    /// Segments in the span (saturating).
+    pub fn count(&self) -> u64 {
+        self.last.saturating_sub(self.first).saturating_add(1)
+    }
+}
+
 /// Which segments a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// These segment indexes, ascending, serve the ranges.
-    Segments(Vec<u64>),
+    /// These spans of segment indexes, ascending and disjoint, serve the ranges.
+    Segments(Vec<Span>),
     /// The total length is unknown and needed (a suffix range): fetch segment 0 first, its
     /// `Content-Range` says the length, then plan again.
     NeedLength,
     /// No range is satisfiable: 416.
     Unsatisfiable,
+}
+
+impl Plan {
+    /// The one segment this plan needs, if it needs exactly one.
+    pub fn single(&self) -> Option<u64> {
+        match self {
+            Plan::Segments(spans) if spans.len() == 1 && spans[0].first == spans[0].last => {
+                Some(spans[0].first)
+            }
+            _ => None,
+        }
+    }
+
+    /// Every index of the plan in order, produced lazily (callers take what they need).
+    pub fn indexes(&self) -> impl Iterator<Item = u64> + '_ {
+        let spans: &[Span] = match self {
+            Plan::Segments(s) => s,
+            _ => &[],
+        };
+        spans.iter().flat_map(|s| s.first..=s.last)
+    }
 }
 
 /// How an upstream answered a segment request.
@@ -59,12 +96,17 @@ impl Segments {
         offset / self.size
     }
 
+    /// The first byte of segment `index` (saturating: no index makes it wrap).
+    pub fn start_of(&self, index: u64) -> u64 {
+        index.saturating_mul(self.size)
+    }
+
     /// The bytes of segment `index`, clamped to `total` when known.
     pub fn bounds(&self, index: u64, total: Option<u64>) -> ByteRange {
-        let start = index * self.size;
-        let mut end = start + self.size - 1;
+        let start = self.start_of(index);
+        let mut end = start.saturating_add(self.size - 1);
         if let Some(t) = total {
-            end = end.min(t.saturating_sub(1));
+            end = end.min(t.saturating_sub(1)).max(start);
         }
         ByteRange { start, end }
     }
@@ -74,14 +116,24 @@ impl Segments {
         total.div_ceil(self.size)
     }
 
-    /// The covering segments of resolved ranges, ascending and without repeats.
-    pub fn covering(&self, ranges: &[ByteRange]) -> Vec<u64> {
-        let mut out: Vec<u64> = Vec::new();
-        for r in ranges {
-            out.extend(self.index_of(r.start)..=self.index_of(r.end));
+    /// The covering segments of resolved ranges: ascending, disjoint spans (at most one per
+    /// range, so the work is bounded by the number of ranges, never by their size).
+    pub fn covering(&self, ranges: &[ByteRange]) -> Vec<Span> {
+        let mut spans: Vec<Span> = ranges
+            .iter()
+            .map(|r| Span {
+                first: self.index_of(r.start),
+                last: self.index_of(r.end.max(r.start)),
+            })
+            .collect();
+        spans.sort_unstable_by_key(|s| s.first);
+        let mut out: Vec<Span> = Vec::with_capacity(spans.len());
+        for s in spans {
+            match out.last_mut() {
+                Some(l) if s.first <= l.last.saturating_add(1) => l.last = l.last.max(s.last),
+                _ => out.push(s),
+            }
         }
-        out.sort_unstable();
-        out.dedup();
         out
     }
 
@@ -172,28 +224,29 @@ mod tests {
     #[test]
     fn a_hundred_bytes_need_one_segment() {
         let plan = seg().plan(&parse("bytes=5000000-5000099").unwrap(), Some(100 * MIB));
-        assert_eq!(plan, Plan::Segments(vec![2]));
+        assert_eq!(plan.single(), Some(2));
         assert_eq!(seg().range_header(2), "bytes=4194304-6291455");
     }
 
     #[test]
     fn plans_every_range_form() {
         let total = Some(10 * MIB);
+        let ix = |p: Plan| p.indexes().collect::<Vec<_>>();
         assert_eq!(
-            seg().plan(&parse("bytes=-100").unwrap(), total),
-            Plan::Segments(vec![4])
+            ix(seg().plan(&parse("bytes=-100").unwrap(), total)),
+            vec![4]
         );
         assert_eq!(
-            seg().plan(&parse("bytes=9000000-").unwrap(), total),
-            Plan::Segments(vec![4])
+            ix(seg().plan(&parse("bytes=9000000-").unwrap(), total)),
+            vec![4]
         );
         assert_eq!(
-            seg().plan(&parse("bytes=0-0,4194304-4194305,-1").unwrap(), total),
-            Plan::Segments(vec![0, 2, 4])
+            ix(seg().plan(&parse("bytes=0-0,4194304-4194305,-1").unwrap(), total)),
+            vec![0, 2, 4]
         );
         assert_eq!(
-            seg().plan(&parse("bytes=2097100-2097200").unwrap(), total),
-            Plan::Segments(vec![0, 1])
+            ix(seg().plan(&parse("bytes=2097100-2097200").unwrap(), total)),
+            vec![0, 1]
         );
         assert_eq!(
             seg().plan(&parse("bytes=99999999-").unwrap(), total),
@@ -204,8 +257,48 @@ mod tests {
             Plan::NeedLength
         );
         assert_eq!(
-            seg().plan(&parse("bytes=3000000-").unwrap(), None),
-            Plan::Segments(vec![1])
+            seg().plan(&parse("bytes=3000000-").unwrap(), None).single(),
+            Some(1)
+        );
+    }
+
+    /// Issue 8: `bytes=0-18446744073709551614` on an unknown length once materialised every
+    /// segment index (SIGABRT). Planning is now one span per range, whatever the numbers.
+    #[test]
+    fn huge_ranges_plan_in_constant_space() {
+        for r in [
+            "bytes=0-18446744073709551614",
+            "bytes=0-18446744073709551615",
+            "bytes=0-1125899906842623",
+            "bytes=18446744073709551615-",
+            "bytes=0-1,18446744073709551000-18446744073709551615",
+        ] {
+            let specs = parse(r).unwrap();
+            for total in [None, Some(0), Some(1), Some(10 * MIB), Some(u64::MAX)] {
+                match seg().plan(&specs, total) {
+                    Plan::Segments(spans) => assert!(spans.len() <= specs.len(), "{r}"),
+                    Plan::NeedLength | Plan::Unsatisfiable => {}
+                }
+            }
+        }
+        let s = Segments::new(1);
+        assert_eq!(s.bounds(u64::MAX, None).start, u64::MAX);
+        assert_eq!(
+            s.bounds(u64::MAX, Some(5)),
+            ByteRange {
+                start: u64::MAX,
+                end: u64::MAX
+            }
+        );
+        let s = seg();
+        assert_eq!(s.start_of(u64::MAX), u64::MAX);
+        let _ = s.range_header(u64::MAX);
+        assert_eq!(
+            s.plan(
+                &parse("bytes=0-18446744073709551614").unwrap(),
+                Some(5 * MIB)
+            ),
+            Plan::Segments(vec![Span { first: 0, last: 2 }])
         );
     }
 

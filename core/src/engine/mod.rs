@@ -17,7 +17,7 @@ use crate::key::CacheKey;
 use crate::policy::{self, NotStored, Policy, PolicyConfig, Reuse, Revalidated, Stored};
 use crate::range;
 use crate::ring::{PeerSelection, RingKind};
-use crate::segment::{self, Plan, SegmentAnswer, Segments};
+use crate::segment::{self, SegmentAnswer, Segments};
 use bytes::{Bytes, BytesMut};
 use hashbrown::HashMap;
 use http::{Method, StatusCode, header, request, response};
@@ -221,7 +221,7 @@ impl Engine {
 
     /// Applies one input at `now`.
     pub fn handle_input(&mut self, now: SystemTime, input: Input) {
-        self.now = now;
+        self.now = crate::time::clamp(now);
         match input {
             Input::Request {
                 client,
@@ -437,9 +437,8 @@ impl Engine {
                     .copied()
             })
             .and_then(|id| self.store.get(id)?.total);
-        let index = match segs.plan(&specs, known_total) {
-            Plan::Segments(ix) if ix.len() == 1 => ix[0],
-            _ => return false,
+        let Some(index) = segs.plan(&specs, known_total).single() else {
+            return false;
         };
         let seg_key = client.key.segment(index);
         let ids: Vec<u64> = self.store.variants(&seg_key).to_vec();
@@ -478,7 +477,7 @@ impl Engine {
         self.clients.insert(cid, c);
         let f = self.fetches.get_mut(&fid).expect("just made");
         f.clients.push(cid);
-        f.base = index * size;
+        f.base = segs.start_of(index);
         self.flights.insert(seg_key, fid);
         true
     }
@@ -494,7 +493,7 @@ impl Engine {
         }
         client.collapsed = true;
         client.fetch = Some(fid);
-        client.deadline = Some(self.now + self.config.collapse_timeout);
+        client.deadline = Some(crate::time::after(self.now, self.config.collapse_timeout));
         self.clients.insert(cid, client);
         let f = self.fetches.get_mut(&fid).expect("checked");
         f.clients.push(cid);
@@ -584,6 +583,9 @@ impl Engine {
             return;
         }
         policy::strip_hop_by_hop(&mut head.headers);
+        // Every head is judged in its prepared form (Age and delta-seconds clamped), whatever
+        // kind of fetch it answers: hostile numbers must reach no arithmetic unclamped.
+        self.policy.prepare_response(&mut head);
         f.upstream_status = Some(head.status.as_u16());
         match f.kind {
             FetchKind::Revalidate { variant } => {
@@ -663,6 +665,22 @@ impl Engine {
                         f.sent.headers.remove(header::RANGE);
                         self.flights.entry(object_key).or_insert(fid);
                     }
+                    Err(segment::SegmentError::Status(416)) => {
+                        // The segment holding the client's first byte lies past the end: the
+                        // client's range is unsatisfiable (its length is now known).
+                        let total = head
+                            .headers
+                            .get(header::CONTENT_RANGE)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().strip_prefix("bytes */"))
+                            .and_then(|t| t.trim().parse::<u64>().ok());
+                        let clients = std::mem::take(&mut f.clients);
+                        self.drop_fetch(fid, true);
+                        for cid in clients {
+                            self.respond_unsatisfiable(cid, total);
+                        }
+                        return;
+                    }
                     Err(e) => {
                         let detail = match e {
                             segment::SegmentError::Status(_) => "segment-status",
@@ -677,7 +695,6 @@ impl Engine {
             }
             FetchKind::Fill => {}
         }
-        self.policy.prepare_response(&mut head);
         let f = self.fetches.get_mut(&fid).expect("exists");
         f.declared = policy::content_length(&head.headers);
         f.total = f.declared;
@@ -690,7 +707,7 @@ impl Engine {
 
     /// Head known: decide who may share it, then start every client's response.
     fn after_head(&mut self, fid: FetchId) {
-        let until = self.now + self.config.hit_for_miss;
+        let until = crate::time::after(self.now, self.config.hit_for_miss);
         let mut uncacheable = None;
         let f = self.fetches.get_mut(&fid).expect("exists");
         let mut released = Vec::new();

@@ -33,12 +33,13 @@ impl Directives {
         self.0.iter().any(|(k, _)| k == name)
     }
 
-    /// A delta-seconds directive (`max-age=60`); invalid or missing values give `None`.
+    /// A delta-seconds directive (`max-age=60`), clamped to 2^31 s (RFC 9111 §1.2.2);
+    /// invalid or missing values give `None`.
     pub fn seconds(&self, name: &str) -> Option<Duration> {
         self.0
             .iter()
             .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.as_deref()?.parse::<u64>().ok())
+            .and_then(|(_, v)| crate::time::delta_seconds(v.as_deref()?))
             .map(Duration::from_secs)
     }
 }
@@ -67,5 +68,15 @@ mod tests {
         assert!(d.has("no-cache"));
         assert_eq!(d.seconds("stale-if-error"), None);
         assert!(!d.has("private"));
+        let mut h = HeaderMap::new();
+        h.append(
+            CACHE_CONTROL,
+            "max-age=18446744073709551615, s-maxage=99999999999999999999999"
+                .parse()
+                .unwrap(),
+        );
+        let d = Directives::parse(&h);
+        assert_eq!(d.seconds("max-age"), Some(Duration::from_secs(1 << 31)));
+        assert_eq!(d.seconds("s-maxage"), Some(Duration::from_secs(1 << 31)));
     }
 }

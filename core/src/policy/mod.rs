@@ -282,7 +282,9 @@ impl Policy {
     /// value of the first line (RFC 9111 §5.1; an invalid one is dropped), and the
     /// field-qualified forms of `no-cache` and `private` applied (§5.2.2.4, §5.2.2.7): the
     /// listed fields are removed and the rest stays usable. (Left in place, the crate would
-    /// read `no-cache="a"` as a bare `no-cache`, and `Age: 7200, 0` as 0.)
+    /// read `no-cache="a"` as a bare `no-cache`, and `Age: 7200, 0` as 0.) Delta-seconds
+    /// past 2^31 become 2^31 (RFC 9111 §1.2.2), so no lifetime the crate or this module
+    /// computes can overflow, whatever the origin wrote.
     pub fn prepare_response(&self, res: &mut response::Parts) {
         normalize_age(&mut res.headers);
         let values: Vec<String> = res
@@ -313,6 +315,13 @@ impl Policy {
                         strip.extend(fields.split(',').map(|f| f.trim().to_ascii_lowercase()));
                     }
                 }
+                (name, Some(v)) if is_delta_seconds_directive(name) => {
+                    match crate::time::delta_seconds(&v) {
+                        Some(n) => keep.push(format!("{name}={n}")),
+                        // Not a number: left as written (the crate reads it as 0, stale).
+                        None => keep.push(d.trim().to_owned()),
+                    }
+                }
                 _ => keep.push(d.trim().to_owned()),
             }
         }
@@ -335,6 +344,7 @@ impl Policy {
         res: &response::Parts,
         now: SystemTime,
     ) -> Result<Stored, NotStored> {
+        let now = crate::time::clamp(now);
         if req.method != Method::GET {
             return Err(NotStored::Method);
         }
@@ -389,13 +399,13 @@ impl Policy {
         if ttl < self.config.min_ttl {
             return Err(NotStored::BelowMinTtl);
         }
-        let max_age = ttl + policy.age(now);
+        let max_age = ttl.saturating_add(policy.age(now));
         Ok(Stored {
             policy,
             vary,
             res_cc,
             max_age,
-            fresh_until: now + ttl,
+            fresh_until: crate::time::after(now, ttl),
             has_validator,
             validators: validators_of(&res.headers),
             shared,
@@ -405,6 +415,7 @@ impl Policy {
 
     /// Decides how a stored response may serve `req` at `now`.
     pub fn reuse(&self, stored: &Stored, req: &request::Parts, now: SystemTime) -> Reuse {
+        let now = crate::time::clamp(now);
         if !is_cacheable_method(&req.method) {
             return Reuse::NoMatch(NotServed::Method);
         }
@@ -447,6 +458,7 @@ impl Policy {
     /// or the request's `stale-if-error=N` bounds how stale; `must-revalidate`,
     /// `proxy-revalidate` (shared) and `no-cache` forbid it.
     pub fn stale_if_error(&self, stored: &Stored, req: &request::Parts, now: SystemTime) -> bool {
+        let now = crate::time::clamp(now);
         if stored.must_revalidate() || stored.res_cc.has("no-cache") {
             return false;
         }
@@ -472,12 +484,14 @@ impl Policy {
         res: &response::Parts,
         now: SystemTime,
     ) -> Revalidated {
+        let now = crate::time::clamp(now);
         if res.status != StatusCode::NOT_MODIFIED {
             return Revalidated::Modified;
         }
         // A 304 without validators answers the conditional we sent for exactly this entry
         // (many servers send bare 304s); give it the entry's validators so it matches.
         let mut res = crate::heads::clone_response(res);
+        self.prepare_response(&mut res);
         if !res.headers.contains_key(header::ETAG)
             && !res.headers.contains_key(header::LAST_MODIFIED)
         {
@@ -495,13 +509,13 @@ impl Policy {
                 head.headers.remove(header::AGE);
                 let ttl = policy.time_to_live(now);
                 let res_cc = Directives::parse(&head.headers);
-                let max_age = ttl + policy.age(now);
+                let max_age = ttl.saturating_add(policy.age(now));
                 let stored = Stored {
                     policy,
                     vary: stored.vary.clone(),
                     res_cc,
                     max_age,
-                    fresh_until: now + ttl,
+                    fresh_until: crate::time::after(now, ttl),
                     has_validator: stored.has_validator,
                     validators: {
                         let v = validators_of(&head.headers);
@@ -595,7 +609,7 @@ impl Stored {
             .seconds("stale-if-error")
             .max(self.res_cc.seconds("stale-while-revalidate"))
             .unwrap_or(Duration::ZERO);
-        Some(now + self.ttl(now) + extra)
+        Some(crate::time::after(now, self.ttl(now).saturating_add(extra)))
     }
 
     fn must_revalidate(&self) -> bool {
@@ -608,6 +622,19 @@ impl Stored {
             || self.res_cc.has("no-cache")
             || (self.shared && self.set_cookie && !self.res_cc.has("public"))
     }
+}
+
+/// Directives whose argument is delta-seconds (RFC 9111 §5.2, RFC 5861).
+fn is_delta_seconds_directive(name: &str) -> bool {
+    matches!(
+        name,
+        "max-age"
+            | "s-maxage"
+            | "stale-while-revalidate"
+            | "stale-if-error"
+            | "min-fresh"
+            | "max-stale"
+    )
 }
 
 /// `Age`: the first value of the first line, digits only, capped at 2^31 (RFC 9111 §1.2.2).

@@ -408,13 +408,19 @@ fn build(req: &request::Parts, reply: &Reply) -> (response::Parts, Vec<u8>) {
         let (a, bnd) = r.trim_start_matches("bytes=").split_once('-').unwrap();
         let total = body.len() as u64;
         let a: u64 = a.parse().unwrap();
-        let e: u64 = bnd.parse::<u64>().unwrap().min(total - 1);
-        body = body[a as usize..=e as usize].to_vec();
-        status = StatusCode::PARTIAL_CONTENT;
-        headers.insert(
-            "content-range",
-            format!("bytes {a}-{e}/{total}").parse().unwrap(),
-        );
+        if a >= total {
+            body.clear();
+            status = StatusCode::RANGE_NOT_SATISFIABLE;
+            headers.insert("content-range", format!("bytes */{total}").parse().unwrap());
+        } else {
+            let e: u64 = bnd.parse::<u64>().unwrap().min(total - 1);
+            body = body[a as usize..=e as usize].to_vec();
+            status = StatusCode::PARTIAL_CONTENT;
+            headers.insert(
+                "content-range",
+                format!("bytes {a}-{e}/{total}").parse().unwrap(),
+            );
+        }
     }
     if status != StatusCode::NOT_MODIFIED {
         headers.insert("content-length", body.len().into());

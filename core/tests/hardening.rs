@@ -1,0 +1,118 @@
+//! Issue 8 at the engine level: hostile numbers in client and origin headers neither panic
+//! nor hang, and leave nothing behind.
+
+mod sim;
+
+use larder_core::Config;
+use sim::{Reply, Sim};
+
+const URL: &str = "http://origin.test/a";
+
+/// `Range: bytes=0-18446744073709551614` on an uncached URL aborted the process (every
+/// segment index was materialised); `bytes=0-1125899906842623` held the lock for 4 s.
+#[test]
+fn huge_ranges_on_a_miss_are_planned_in_constant_space() {
+    let body = "0123456789";
+    let mut s = Sim::single(move |_, _| {
+        Reply::ok(body, &[("cache-control", "max-age=60"), ("etag", "\"v\"")])
+    });
+    for (i, range) in [
+        "bytes=0-18446744073709551614",
+        "bytes=0-18446744073709551615",
+        "bytes=0-1125899906842623",
+        "bytes=3-18446744073709551615",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let url = format!("{URL}{i}");
+        let r = s.get(&url, &[("range", range)]);
+        assert_eq!(r.status(), 206, "{range}: {}", r.cache_status());
+        let start: usize = range[6..].split('-').next().unwrap().parse().unwrap();
+        assert_eq!(r.text(), &body[start..], "{range}");
+        assert_eq!(
+            r.header("content-range").unwrap(),
+            format!("bytes {start}-9/10"),
+            "{range}"
+        );
+        // And again from the stored object.
+        let r = s.get(&url, &[("range", range)]);
+        assert_eq!((r.status(), r.text()), (206, body[start..].to_owned()));
+    }
+    // An open range far past any segment: one segment fetch, answered 416 by the origin's
+    // length (never a loop over segments).
+    let r = s.get(
+        &format!("{URL}x"),
+        &[("range", "bytes=18446744073709551000-")],
+    );
+    assert!(
+        matches!(r.status(), 200 | 416),
+        "{} {}",
+        r.status(),
+        r.cache_status()
+    );
+    assert_eq!(s.engines[0].in_flight(), (0, 0));
+}
+
+/// An empty cacheable body with `Range: bytes=-5` gave `206` and
+/// `Content-Range: bytes 0-18446744073709551615/0` on a miss.
+#[test]
+fn suffix_range_of_an_empty_body_is_not_a_206() {
+    let mut s = Sim::single(|_, _| Reply::ok("", &[("cache-control", "max-age=60")]));
+    for _ in 0..2 {
+        let r = s.get(URL, &[("range", "bytes=-5")]);
+        assert_eq!(r.status(), 200, "{}", r.cache_status());
+        assert_eq!(r.header("content-range"), None);
+        assert_eq!(r.text(), "");
+    }
+    assert_eq!(s.origin_hits(), 1);
+}
+
+/// `Cache-Control: max-age=18446744073709551615` panicked in the engine path: the client
+/// never got an answer and the request's state leaked. Delta-seconds are clamped to 2^31
+/// (RFC 9111 §1.2.2) and every instant saturates.
+#[test]
+fn huge_freshness_values_are_clamped_not_panicked_on() {
+    for cc in [
+        "max-age=18446744073709551615",
+        "s-maxage=18446744073709551615",
+        "max-age=999999999999999999999999999",
+        "max-age=60, stale-while-revalidate=18446744073709551615",
+        "max-age=0, stale-if-error=18446744073709551615",
+    ] {
+        let mut s = Sim::single(move |_, _| {
+            Reply::ok(
+                "x",
+                &[
+                    ("cache-control", cc),
+                    ("age", "18446744073709551615"),
+                    ("etag", "\"v\""),
+                ],
+            )
+        });
+        let r = s.get(URL, &[]);
+        assert_eq!((r.status(), r.text().as_str()), (200, "x"), "{cc}");
+        s.advance(3600);
+        let r = s.get(URL, &[("cache-control", "max-stale=18446744073709551615")]);
+        assert_eq!(r.status(), 200, "{cc}");
+        let r = s.get(URL, &[("cache-control", "min-fresh=18446744073709551615")]);
+        assert_eq!(r.status(), 200, "{cc}");
+        assert_eq!(s.engines[0].in_flight(), (0, 0), "{cc}");
+    }
+}
+
+/// The clock itself may be anything the adapter hands in.
+#[test]
+fn far_future_clock_does_not_overflow() {
+    let mut s = Sim::new(1, Config::default(), |_, _| {
+        Reply::ok("x", &[("cache-control", "max-age=2147483648")])
+    });
+    // The last second `SystemTime` can hold on this platform, give or take.
+    s.now =
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(i64::MAX as u64 - 1000);
+    let r = s.get(URL, &[]);
+    assert_eq!(r.status(), 200);
+    let r = s.get(URL, &[]);
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.engines[0].in_flight(), (0, 0));
+}
