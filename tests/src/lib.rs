@@ -404,3 +404,136 @@ async fn futures_join(n: usize) -> Vec<TcpListener> {
     }
     v
 }
+
+/// One request head as [`RawOrigin`] read it off the wire.
+#[derive(Clone, Debug)]
+pub struct RawSeen {
+    /// The head exactly as received, request line to the empty line.
+    pub raw: String,
+    pub method: String,
+    pub target: String,
+    /// The declared `Content-Length`, if any.
+    pub content_length: Option<usize>,
+}
+
+impl RawSeen {
+    /// The value of the first field called `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.raw.split("\r\n").skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// A keep-alive HTTP/1.1 origin on a raw socket, for misbehaviour hyper will not produce.
+/// Each head read gets `answer(head)` written back verbatim; then, as nginx, Go and Node do,
+/// the body the request *declared* with `Content-Length` is read and discarded, whatever
+/// bytes arrive (so a declared body that is never sent swallows the next request).
+pub struct RawOrigin {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<RawSeen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawOrigin {
+    pub async fn start(answer: impl Fn(&RawSeen) -> Vec<u8> + Send + Sync + 'static) -> RawOrigin {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(answer);
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (answer, log) = (answer.clone(), log.clone());
+                conns.spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let raw = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end);
+                        let mut line = raw.split("\r\n").next().unwrap_or("").split(' ');
+                        let mut seen = RawSeen {
+                            method: line.next().unwrap_or("").to_owned(),
+                            target: line.next().unwrap_or("").to_owned(),
+                            raw,
+                            content_length: None,
+                        };
+                        seen.content_length =
+                            seen.header("content-length").and_then(|v| v.parse().ok());
+                        log.lock().unwrap().push(seen.clone());
+                        let reply = answer(&seen);
+                        if s.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                        let mut skip = seen.content_length.unwrap_or(0);
+                        while skip > 0 {
+                            if buf.is_empty() {
+                                let mut chunk = [0u8; 4096];
+                                match s.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            let n = skip.min(buf.len());
+                            buf.drain(..n);
+                            skip -= n;
+                        }
+                    }
+                });
+            }
+        });
+        RawOrigin { addr, seen, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Request heads received so far, in order.
+    pub fn seen(&self) -> Vec<RawSeen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A response with `body`, a Content-Length and the given extra header lines.
+pub fn raw_response(status: &str, extra: &[&str], body: &str) -> Vec<u8> {
+    let mut r = format!("HTTP/1.1 {status}\r\n");
+    for h in extra {
+        r.push_str(h);
+        r.push_str("\r\n");
+    }
+    r.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    r.into_bytes()
+}
+
+/// Writes `request` on a fresh connection to `server` and reads until the server closes the
+/// connection or `wait` passes; returns what came back (possibly several responses).
+pub async fn raw_exchange(server: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(server).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -27,6 +27,10 @@ pub const MAX_URL: usize = 8 * 1024;
 pub const MAX_HEAD: usize = 32 * 1024;
 /// Largest request body buffered for unsafe methods (413 beyond).
 pub const MAX_REQUEST_BODY: usize = 16 << 20;
+/// Largest body read (and dropped) on a GET or HEAD (413 beyond).
+pub const MAX_GET_BODY: usize = 64 * 1024;
+/// How long a declared GET/HEAD body may take to arrive (408 beyond).
+pub const GET_BODY_WAIT: Duration = Duration::from_secs(10);
 
 pub struct State {
     pub settings: Settings,
@@ -363,6 +367,14 @@ async fn route(
     parts.uri = target;
     // Bodies of unsafe requests are read once so fail-over and pass-through can resend them.
     let body = if parts.method == Method::GET || parts.method == Method::HEAD {
+        // A body on GET/HEAD means nothing (RFC 9110 §9.3.1): read a small one and drop it,
+        // refuse a large one, and never send its framing upstream, where a declared body
+        // that is not sent would swallow the next request on a pooled connection.
+        drop_get_body(&parts, body)
+            .await
+            .map_err(|r| refuse(r, &parts))?;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::TRANSFER_ENCODING);
         None
     } else {
         match Limited::new(body, MAX_REQUEST_BODY).collect().await {
@@ -520,6 +532,44 @@ async fn route(
             }
             ClientEvent::Body(_) | ClientEvent::End | ClientEvent::Abort => {}
         }
+    }
+}
+
+/// Reads and discards the body of a GET or HEAD (refused when over [`MAX_GET_BODY`], or
+/// when it does not arrive within [`GET_BODY_WAIT`]).
+async fn drop_get_body(parts: &http::request::Parts, body: Incoming) -> Result<(), Refused> {
+    use http_body::Body as _;
+    let too_large = || {
+        Refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a {} body is ignored, and this one is over {MAX_GET_BODY} bytes",
+                parts.method
+            ),
+        )
+    };
+    if body.is_end_stream() {
+        return Ok(());
+    }
+    if body.size_hint().lower() > MAX_GET_BODY as u64 {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(GET_BODY_WAIT, Limited::new(body, MAX_GET_BODY).collect()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(e)) => Err(Refused(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read request body: {e}"),
+        )),
+        Err(_) => Err(Refused(
+            StatusCode::REQUEST_TIMEOUT,
+            "the declared request body did not arrive".into(),
+        )),
     }
 }
 

@@ -78,12 +78,37 @@ impl Upstream {
         first_byte: Duration,
     ) -> Result<Response<Incoming>, SendError> {
         *req.version_mut() = http::Version::HTTP_11;
+        frame_request(&mut req);
         req.headers_mut()
             .append(http::header::VIA, self.via.clone());
         match tokio::time::timeout(first_byte, self.client.request(req)).await {
             Err(_) => Err(SendError::Timeout),
             Ok(Err(e)) => Err(SendError::Connect(describe(&e))),
             Ok(Ok(r)) => Ok(r),
+        }
+    }
+}
+
+/// Makes the framing fields say what is sent: the length of the body (which is always
+/// complete here), none at all for an empty GET or HEAD, never a client's Transfer-Encoding.
+/// A field that declared a body that is not sent would desynchronise a pooled connection.
+fn frame_request(req: &mut Request<Body>) {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    use http_body::Body as _;
+    let exact = req.body().size_hint().exact();
+    let bodiless = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+    let h = req.headers_mut();
+    h.remove(TRANSFER_ENCODING);
+    match exact {
+        Some(0) if bodiless => {
+            h.remove(CONTENT_LENGTH);
+        }
+        Some(n) => {
+            h.insert(CONTENT_LENGTH, n.into());
+        }
+        // Streamed: hyper frames it (chunked).
+        None => {
+            h.remove(CONTENT_LENGTH);
         }
     }
 }

@@ -1,0 +1,106 @@
+//! Adversarial requests and misbehaving origins against one real peer on loopback (issue 8):
+//! each test here failed before its fix.
+
+use bytes::Bytes;
+use larder_tests::{RawOrigin, get, peer, raw_response, send, send_body};
+
+fn body_of(seen: &larder_tests::RawSeen) -> Vec<u8> {
+    raw_response(
+        "200 OK",
+        &["cache-control: max-age=60"],
+        &format!("body of {}", seen.target),
+    )
+}
+
+/// A GET that declares a body must never reach the origin with framing that does not match
+/// what is sent: an origin that reads the declared body would swallow the next request on the
+/// pooled connection, and the tail of that request (chosen by the attacker) would be answered
+/// and stored in place of the real resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_with_a_declared_body_cannot_poison_the_cache() {
+    let origin = RawOrigin::start(body_of).await;
+    let p = peer(|_| {}).await;
+    let smuggle = [("x-pad", "GET /evil HTTP/1.1")];
+    // Where the smuggled request line sits in the head the peer sends for a two-letter path.
+    let probe = send(p.addr, "GET", &origin.url("/c"), &smuggle)
+        .await
+        .unwrap();
+    assert_eq!(probe.text(), "body of /c");
+    let offset = origin.seen()[0].raw.find("GET /evil").unwrap();
+    // The attacker declares exactly that many body bytes on a GET ...
+    let len = offset.to_string();
+    let attack = send_body(
+        p.addr,
+        "GET",
+        &origin.url("/x"),
+        &[("content-length", len.as_str())],
+        Bytes::from(vec![b'a'; offset]),
+    )
+    .await
+    .unwrap();
+    assert_eq!((attack.status, attack.text().as_str()), (200, "body of /x"));
+    // ... then asks for /b with the smuggled line, over the same pooled origin connection.
+    let b = send(p.addr, "GET", &origin.url("/b"), &smuggle)
+        .await
+        .unwrap();
+    assert_eq!(b.text(), "body of /b", "{:?}", origin.seen());
+    // Another client gets /b, not /evil, and nothing poisoned was stored.
+    let victim = get(p.addr, &origin.url("/b")).await;
+    assert_eq!(victim.text(), "body of /b", "{}", victim.cache_status());
+    for s in origin.seen() {
+        assert!(
+            s.content_length.is_none(),
+            "framing sent upstream: {}",
+            s.raw
+        );
+        assert!(s.header("transfer-encoding").is_none(), "{}", s.raw);
+        assert_ne!(s.target, "/evil");
+    }
+}
+
+/// HEAD and chunked GET bodies are read and dropped; a large one is refused before it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_on_get_and_head_are_dropped_or_refused() {
+    let origin = RawOrigin::start(body_of).await;
+    let p = peer(|_| {}).await;
+    let chunked = format!(
+        "GET {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        origin.url("/chunked"),
+        origin.addr
+    );
+    let got = larder_tests::raw_exchange(
+        p.addr,
+        chunked.as_bytes(),
+        std::time::Duration::from_secs(3),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("body of /chunked"), "{got}");
+    let head = send_body(
+        p.addr,
+        "HEAD",
+        &origin.url("/head"),
+        &[("content-length", "4")],
+        Bytes::from_static(b"abcd"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(head.status, 200);
+    let big = format!(
+        "GET {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: 10000000\r\n\r\n",
+        origin.url("/big"),
+        origin.addr
+    );
+    let got =
+        larder_tests::raw_exchange(p.addr, big.as_bytes(), std::time::Duration::from_secs(3)).await;
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    for s in origin.seen() {
+        assert!(
+            s.content_length.is_none(),
+            "framing sent upstream: {}",
+            s.raw
+        );
+        assert!(s.header("transfer-encoding").is_none(), "{}", s.raw);
+        assert_ne!(s.target, "/big");
+    }
+}
