@@ -360,9 +360,19 @@ pub async fn get(proxy: SocketAddr, url: &str) -> Got {
         .expect("request through the proxy")
 }
 
-/// A peer with settings adjusted by `f`, on an ephemeral loopback port.
+/// `--allow-destination` for the loopback origins tests run (the destination guard refuses
+/// loopback by default).
+pub fn loopback_destinations() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+
+/// A peer with settings adjusted by `f`, on an ephemeral loopback port. Loopback origins
+/// are allowed (`--allow-destination 127.0.0.0/8,::1/128`) unless `f` clears the list.
 pub async fn peer(f: impl FnOnce(&mut larder_peer::Args)) -> larder_peer::Running {
-    let mut args = larder_peer::Args::default();
+    let mut args = larder_peer::Args {
+        allow_destination: loopback_destinations(),
+        ..Default::default()
+    };
     f(&mut args);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut s = args.resolve().expect("valid settings");
@@ -372,7 +382,8 @@ pub async fn peer(f: impl FnOnce(&mut larder_peer::Args)) -> larder_peer::Runnin
         .expect("peer starts")
 }
 
-/// `n` peers that know each other, listening before any is configured.
+/// `n` peers that know each other, listening before any is configured (loopback origins
+/// allowed, as with [`peer`]).
 pub async fn cluster(
     n: usize,
     f: impl Fn(&mut larder_peer::Args) + Clone,
@@ -387,6 +398,7 @@ pub async fn cluster(
         let mut args = larder_peer::Args {
             self_url: Some(url.clone()),
             peers: urls.clone(),
+            allow_destination: loopback_destinations(),
             ..Default::default()
         };
         f(&mut args);

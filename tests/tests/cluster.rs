@@ -189,6 +189,7 @@ async fn divergent_peer_lists_neither_loop_nor_deadlock() {
         let args = larder_peer::Args {
             self_url: Some(me.clone()),
             peers: view.clone(),
+            allow_destination: larder_tests::loopback_destinations(),
             ..Default::default()
         };
         let mut s = args.resolve().unwrap();

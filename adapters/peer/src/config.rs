@@ -61,6 +61,11 @@ pub struct Args {
     /// [default: loopback only]. Mirror mode serves everyone.
     #[arg(long, env = "LARDER_ALLOW", value_delimiter = ',')]
     pub allow: Vec<String>,
+    /// Origin address ranges (CIDR) opened again, repeatable. By default origins on
+    /// loopback, link-local (cloud metadata), unspecified, multicast, broadcast and
+    /// unique-local addresses are refused (403), whatever the URL spells.
+    #[arg(long, env = "LARDER_ALLOW_DESTINATION", value_delimiter = ',')]
+    pub allow_destination: Vec<String>,
     /// Extra CA certificates (PEM) trusted for HTTPS origins, besides the public roots.
     #[arg(long, env = "LARDER_CA_FILE")]
     pub ca_file: Vec<PathBuf>,
@@ -100,6 +105,7 @@ struct FileConfig {
     peer_secret: Option<String>,
     peer_timeout: Option<String>,
     allow: Option<Vec<String>>,
+    allow_destination: Option<Vec<String>>,
     ca_file: Option<Vec<PathBuf>>,
     connect_allow: Option<Vec<String>>,
     connect_timeout: Option<String>,
@@ -119,6 +125,8 @@ pub struct Settings {
     pub peer_secret: Option<String>,
     pub peer_timeout: Duration,
     pub allow: Vec<IpNet>,
+    /// Destination ranges the guard lets through after all.
+    pub allow_destination: Vec<IpNet>,
     pub ca_files: Vec<PathBuf>,
     pub connect_allow: Vec<String>,
     pub connect_timeout: Duration,
@@ -168,6 +176,18 @@ fn list<T>(cli: Vec<T>, file: Option<Vec<T>>) -> Vec<T> {
     } else {
         cli
     }
+}
+
+/// CIDR ranges (a bare address is a /32 or /128).
+fn nets(flag: &str, v: Vec<String>) -> Result<Vec<IpNet>, String> {
+    v.iter()
+        .map(|a| {
+            a.trim()
+                .parse::<IpNet>()
+                .or_else(|_| a.trim().parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|e| format!("bad {flag} {a:?}: {e}"))
+        })
+        .collect()
 }
 
 /// A peer URL in canonical form (scheme and host lower-case, no trailing slash), so every
@@ -244,14 +264,11 @@ impl Args {
         if !peers.is_empty() && self_url.is_none() {
             return Err("--peers needs --self (this peer's URL as the others know it)".into());
         }
-        let allow = list(self.allow, file.allow)
-            .iter()
-            .map(|a| {
-                a.parse::<IpNet>()
-                    .or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|e| format!("bad --allow {a:?}: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let allow = nets("--allow", list(self.allow, file.allow))?;
+        let allow_destination = nets(
+            "--allow-destination",
+            list(self.allow_destination, file.allow_destination),
+        )?;
         let passthrough = list(self.passthrough, file.passthrough);
         let engine = larder_core::Config {
             policy: PolicyConfig {
@@ -295,6 +312,7 @@ impl Args {
                 Duration::from_secs(2),
             )?,
             allow,
+            allow_destination,
             ca_files: list(self.ca_file, file.ca_file),
             connect_allow: list(self.connect_allow, file.connect_allow),
             connect_timeout: dur(
@@ -366,6 +384,36 @@ mod tests {
             .contains("unknown field")
         );
         std::fs::remove_file(dir).ok();
+    }
+
+    #[test]
+    fn allow_destination_from_file_and_flags() {
+        let path = std::env::temp_dir().join(format!("larder-dst-{}", std::process::id()));
+        std::fs::write(&path, "allow-destination = [\"127.0.0.0/8\", \"::1\"]\n").unwrap();
+        let s = Args {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.allow_destination,
+            vec![
+                "127.0.0.0/8".parse::<IpNet>().unwrap(),
+                "::1/128".parse().unwrap()
+            ]
+        );
+        std::fs::remove_file(path).ok();
+        assert!(
+            Args {
+                allow_destination: vec!["nonsense".into()],
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err()
+            .contains("--allow-destination")
+        );
+        assert!(Settings::default().allow_destination.is_empty());
     }
 
     #[test]

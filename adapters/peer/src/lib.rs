@@ -10,6 +10,7 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod driver;
+pub mod guard;
 pub mod metrics;
 pub mod peers;
 pub mod server;

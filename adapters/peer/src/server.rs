@@ -4,9 +4,10 @@
 use crate::body::{ClientBody, LogLine};
 use crate::config::Settings;
 use crate::driver::{Begin, ClientEvent, Driver};
+use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::peers::{Health, PeerLink};
-use crate::upstream::{Body, BoxError, Upstream};
+use crate::upstream::{Body, BoxError, OriginError, SendError, Upstream};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -27,6 +28,8 @@ pub const MAX_URL: usize = 8 * 1024;
 pub const MAX_HEAD: usize = 32 * 1024;
 /// Largest request body buffered for unsafe methods (413 beyond).
 pub const MAX_REQUEST_BODY: usize = 16 << 20;
+/// `Cache-Status` detail of a destination the guard refused.
+const DESTINATION_NOT_ALLOWED: &str = "destination-not-allowed";
 /// Largest body read (and dropped) on a GET or HEAD (413 beyond).
 pub const MAX_GET_BODY: usize = 64 * 1024;
 /// How long a declared GET/HEAD body may take to arrive (408 beyond).
@@ -37,6 +40,10 @@ pub struct State {
     pub driver: Arc<Driver>,
     pub health: Health,
     pub metrics: Arc<Metrics>,
+    /// Client for peer-to-peer traffic (members are configured by the operator: unguarded).
+    pub peer_upstream: Upstream,
+    /// Where origin connections (and CONNECT tunnels) may go.
+    pub guard: Arc<Guard>,
     pub id: String,
     /// `Via: 1.1 <id>`, made once.
     pub via: HeaderValue,
@@ -73,7 +80,34 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
         .self_url
         .clone()
         .unwrap_or_else(|| format!("larder@{addr}"));
-    let upstream = Upstream::new(
+    // The mirror is the operator's own upstream: always reachable, wherever it is.
+    let trusted = settings
+        .mirror
+        .as_ref()
+        .and_then(|m| {
+            let a = m.authority()?;
+            let port = a.port_u16().unwrap_or(if m.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+            Some((a.host().to_owned(), port))
+        })
+        .into_iter()
+        .collect();
+    let guard = Arc::new(Guard {
+        allow: settings.allow_destination.clone(),
+        trusted,
+    });
+    let upstream = Upstream::with_guard(
+        tls.clone(),
+        settings.connect_timeout,
+        settings.first_byte_timeout,
+        settings.idle_timeout,
+        &id,
+        Some(guard.clone()),
+    );
+    let peer_upstream = Upstream::new(
         tls,
         settings.connect_timeout,
         settings.first_byte_timeout,
@@ -89,6 +123,8 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
         driver: driver.clone(),
         health: Health::default(),
         metrics,
+        peer_upstream,
+        guard,
         via: HeaderValue::from_str(&format!("1.1 {id}"))
             .unwrap_or(HeaderValue::from_static("1.1 larder")),
         id,
@@ -186,12 +222,7 @@ async fn probe_down_peers(state: Arc<State>) {
             let req = Request::get(format!("{peer}/healthz"))
                 .body(crate::upstream::empty())
                 .expect("valid");
-            if let Ok(r) = state
-                .driver
-                .upstream
-                .send(req, Duration::from_secs(1))
-                .await
-            {
+            if let Ok(r) = state.peer_upstream.send(req, Duration::from_secs(1)).await {
                 if r.status().is_success() {
                     state.health.ok(&peer);
                 }
@@ -465,7 +496,7 @@ async fn route(
             ClientEvent::Forward { peers, head } => {
                 state.metrics.peer_forwards.inc();
                 let link = PeerLink {
-                    upstream: &state.driver.upstream,
+                    upstream: &state.peer_upstream,
                     health: &state.health,
                     self_id: &state.id,
                     secret: state.settings.peer_secret.as_deref(),
@@ -504,7 +535,10 @@ async fn route(
                     None => crate::upstream::empty(),
                 };
                 let up = &state.driver.upstream;
-                return match up.send(Request::from_parts(head, b), up.first_byte).await {
+                let sent = up
+                    .send_to_origin(Request::from_parts(head, b), up.first_byte)
+                    .await;
+                return match sent {
                     Ok(resp) => {
                         // Unsafe methods invalidate once the answer is known to be a success.
                         let mut head = http::Response::new(()).into_parts().0;
@@ -521,9 +555,21 @@ async fn route(
                             &log,
                         ))
                     }
-                    Err(e) => {
+                    Err(OriginError::NotAllowed(why)) => {
+                        tracing::info!(%method, %url, "refused: {why}");
+                        state.metrics.count(&status.to_string());
+                        let mut r = text(StatusCode::FORBIDDEN, &why.to_string());
+                        r.headers_mut().insert(
+                            "cache-status",
+                            status
+                                .with_detail(DESTINATION_NOT_ALLOWED)
+                                .to_header_value(),
+                        );
+                        Ok(r)
+                    }
+                    Err(OriginError::Failed(e)) => {
                         let code = match e {
-                            crate::upstream::SendError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                            SendError::Timeout => StatusCode::GATEWAY_TIMEOUT,
                             _ => StatusCode::BAD_GATEWAY,
                         };
                         Err((Refused(code, format!("origin failed: {e:?}")), method, url))
@@ -675,13 +721,27 @@ async fn connect(
             ),
         ));
     }
+    let (host, port) = match req.uri().authority().map(|a| (a.host(), a.port_u16())) {
+        Some((host, Some(port))) => (host.to_owned(), port),
+        _ => {
+            return Err(Refused(
+                StatusCode::BAD_REQUEST,
+                format!("CONNECT target {target:?} must be host:port"),
+            ));
+        }
+    };
     let upgrade = hyper::upgrade::on(&mut req);
-    let mut upstream = tokio::net::TcpStream::connect(&target).await.map_err(|e| {
-        Refused(
-            StatusCode::BAD_GATEWAY,
-            format!("cannot reach {target}: {e}"),
-        )
-    })?;
+    let timeout = state.settings.connect_timeout;
+    let mut upstream =
+        state.guard.connect(&host, port, timeout).await.map_err(
+            |e| match crate::guard::not_allowed(&*e) {
+                Some(why) => Refused(StatusCode::FORBIDDEN, why.to_string()),
+                None => Refused(
+                    StatusCode::BAD_GATEWAY,
+                    format!("cannot reach {target}: {e}"),
+                ),
+            },
+        )?;
     tokio::spawn(async move {
         match upgrade.await {
             Ok(up) => {

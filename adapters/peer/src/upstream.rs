@@ -2,11 +2,12 @@
 //! that turns one upstream response into engine inputs.
 
 use crate::driver::Driver;
+use crate::guard::{Guard, GuardedConnector};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, request};
 use http_body_util::{BodyExt, Empty, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use larder_core::engine::UpstreamError;
 use larder_core::{FetchId, Input};
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = hyper_rustls::HttpsConnector<GuardedConnector>;
 
 pub fn empty() -> Body {
     Empty::<Bytes>::new()
@@ -38,7 +39,15 @@ pub enum SendError {
     Connect(String),
 }
 
+/// Why an origin request failed: the destination guard refused it, or it failed.
+#[derive(Debug)]
+pub enum OriginError {
+    NotAllowed(crate::guard::NotAllowed),
+    Failed(SendError),
+}
+
 impl Upstream {
+    /// A client that connects wherever it is asked (peers, the client library).
     pub fn new(
         tls: rustls::ClientConfig,
         connect: Duration,
@@ -46,10 +55,22 @@ impl Upstream {
         idle: Duration,
         via: &str,
     ) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect));
-        http.set_nodelay(true);
+        Self::with_guard(tls, connect, first_byte, idle, via, None)
+    }
+
+    /// A client whose every connection is to an address `guard` permits (origins).
+    pub fn with_guard(
+        tls: rustls::ClientConfig,
+        connect: Duration,
+        first_byte: Duration,
+        idle: Duration,
+        via: &str,
+        guard: Option<Arc<Guard>>,
+    ) -> Self {
+        let http = GuardedConnector {
+            guard,
+            timeout: connect,
+        };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -74,16 +95,33 @@ impl Upstream {
     /// Sends a request, waiting at most `first_byte` for the head.
     pub async fn send(
         &self,
-        mut req: Request<Body>,
+        req: Request<Body>,
         first_byte: Duration,
     ) -> Result<Response<Incoming>, SendError> {
+        self.send_to_origin(req, first_byte)
+            .await
+            .map_err(|e| match e {
+                OriginError::NotAllowed(n) => SendError::Connect(n.to_string()),
+                OriginError::Failed(e) => e,
+            })
+    }
+
+    /// [`send`](Self::send), telling a destination the guard refused from other failures.
+    pub async fn send_to_origin(
+        &self,
+        mut req: Request<Body>,
+        first_byte: Duration,
+    ) -> Result<Response<Incoming>, OriginError> {
         *req.version_mut() = http::Version::HTTP_11;
         frame_request(&mut req);
         req.headers_mut()
             .append(http::header::VIA, self.via.clone());
         match tokio::time::timeout(first_byte, self.client.request(req)).await {
-            Err(_) => Err(SendError::Timeout),
-            Ok(Err(e)) => Err(SendError::Connect(describe(&e))),
+            Err(_) => Err(OriginError::Failed(SendError::Timeout)),
+            Ok(Err(e)) => match crate::guard::not_allowed(&e) {
+                Some(refused) => Err(OriginError::NotAllowed(refused.clone())),
+                None => Err(OriginError::Failed(SendError::Connect(describe(&e)))),
+            },
             Ok(Ok(r)) => Ok(r),
         }
     }
@@ -128,14 +166,18 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
     let up = driver.upstream.clone();
     let req = Request::from_parts(parts, empty());
-    let resp = match up.send(req, up.first_byte).await {
+    let resp = match up.send_to_origin(req, up.first_byte).await {
         Ok(r) => r,
         Err(e) => {
             let error = match e {
-                SendError::Timeout => UpstreamError::Timeout,
-                SendError::Connect(msg) => {
+                OriginError::Failed(SendError::Timeout) => UpstreamError::Timeout,
+                OriginError::Failed(SendError::Connect(msg)) => {
                     tracing::debug!(fetch = fid.0, "origin: {msg}");
                     UpstreamError::Connect
+                }
+                OriginError::NotAllowed(why) => {
+                    tracing::info!(fetch = fid.0, "refused: {why}");
+                    UpstreamError::DestinationNotAllowed
                 }
             };
             driver.input(Input::UpstreamError { fetch: fid, error });

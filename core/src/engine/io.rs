@@ -33,6 +33,8 @@ pub enum UpstreamError {
     Truncated,
     /// The upstream sent something that is not HTTP.
     Protocol,
+    /// The adapter's destination guard refused the address the origin resolves to.
+    DestinationNotAllowed,
 }
 
 impl UpstreamError {
@@ -42,6 +44,7 @@ impl UpstreamError {
             UpstreamError::Timeout => "origin-timeout",
             UpstreamError::Truncated => "origin-truncated",
             UpstreamError::Protocol => "origin-protocol-error",
+            UpstreamError::DestinationNotAllowed => "destination-not-allowed",
         }
     }
 }

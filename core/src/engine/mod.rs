@@ -859,10 +859,10 @@ impl Engine {
             } else {
                 Vec::new()
             };
-            let status = if error == UpstreamError::Timeout {
-                StatusCode::GATEWAY_TIMEOUT
-            } else {
-                StatusCode::BAD_GATEWAY
+            let status = match error {
+                UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                UpstreamError::DestinationNotAllowed => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_GATEWAY,
             };
             self.fail_waiting(fid, status, error.as_str());
             self.drop_fetch(fid, false);
