@@ -583,6 +583,9 @@ impl Engine {
             return;
         }
         policy::strip_hop_by_hop(&mut head.headers);
+        // Owned fields: a parser's values may be slices of a large read buffer, which a
+        // stored head (and the policy's copy of it) would otherwise keep alive.
+        head.headers = crate::heads::owned_fields(&head.headers);
         // Every head is judged in its prepared form (Age and delta-seconds clamped), whatever
         // kind of fetch it answers: hostile numbers must reach no arithmetic unclamped.
         self.policy.prepare_response(&mut head);
@@ -1137,10 +1140,11 @@ fn split(d: Result<Stored, NotStored>) -> (Option<Stored>, Option<NotStored>) {
     }
 }
 
+/// One exactly-sized body. A single chunk is copied too: it may be a slice of a much larger
+/// read buffer that the cache must not keep alive.
 fn concat(chunks: Vec<Bytes>) -> Bytes {
     match chunks.len() {
         0 => Bytes::new(),
-        1 => chunks.into_iter().next().expect("one"),
         _ => {
             let mut b = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
             for c in chunks {

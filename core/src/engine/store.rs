@@ -27,14 +27,19 @@ pub struct Store {
     next_id: u64,
 }
 
-/// Approximate memory an entry holds: body, header bytes, key.
-fn weigh(key: &CacheKey, head: &response::Parts, body: &Bytes) -> u64 {
-    let headers: usize = head
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 32)
-        .sum();
-    (body.len() + headers + key.as_str().len() + 256) as u64
+/// Bytes an entry costs beyond its parts: the `Entry` itself in the id map (with the map's
+/// growth slack), its LRU node, its slot in the variant index, and allocator overhead.
+const ENTRY_FIXED: u64 = 640;
+
+/// What an entry really costs on the heap: body, the served head, the policy's copies
+/// ([`Stored::footprint`]), and the key twice (entry and variant index). Calibrated against a
+/// counting allocator (core/tests/memory_weight.rs), so `--memory` bounds the process.
+fn weigh(key: &CacheKey, head: &response::Parts, body: &Bytes, stored: &Stored) -> u64 {
+    body.len() as u64
+        + crate::heads::fields_footprint(&head.headers)
+        + stored.footprint()
+        + 2 * key.as_str().len() as u64
+        + ENTRY_FIXED
 }
 
 impl Store {
@@ -97,7 +102,7 @@ impl Store {
                 dropped.push(d);
             }
         }
-        let weight = weigh(&key, &head, &body);
+        let weight = weigh(&key, &head, &body, &stored);
         let id = self.next_id;
         self.next_id += 1;
         match self.lru.admit(id, weight) {

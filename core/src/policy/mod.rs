@@ -12,6 +12,7 @@ pub mod directives;
 pub mod vary;
 pub mod vectors;
 
+use crate::heads;
 use core::fmt;
 use directives::Directives;
 use http::header::{self, HeaderMap, HeaderName};
@@ -123,6 +124,9 @@ pub enum NotServed {
 /// What the cache keeps beside a body to judge its reuse.
 #[derive(Debug, Clone)]
 pub struct Stored {
+    /// Heap bytes this value holds (the crate's copies of both heads, parsed directives,
+    /// validators), estimated when made, so entries are weighed by what they cost.
+    footprint: u64,
     policy: CachePolicy,
     vary: VaryKey,
     res_cc: Directives,
@@ -382,7 +386,8 @@ impl Policy {
                 return Err(NotStored::TooLarge);
             }
         }
-        let policy = CachePolicy::new_options(req, res, now, self.config.options());
+        let kept = policy_request(req, &vary);
+        let policy = CachePolicy::new_options(&kept, res, now, self.config.options());
         if !policy.is_storable() {
             return Err(if is_understood_status(res.status) {
                 NotStored::NotCacheable
@@ -400,7 +405,13 @@ impl Policy {
             return Err(NotStored::BelowMinTtl);
         }
         let max_age = ttl.saturating_add(policy.age(now));
+        let footprint = heads::fields_footprint(&kept.headers)
+            + heads::fields_footprint(&res.headers)
+            + kept.uri.to_string().len() as u64
+            + 2 * cc_len(&res.headers)
+            + STORED_FIXED;
         Ok(Stored {
+            footprint,
             policy,
             vary,
             res_cc,
@@ -511,6 +522,7 @@ impl Policy {
                 let res_cc = Directives::parse(&head.headers);
                 let max_age = ttl.saturating_add(policy.age(now));
                 let stored = Stored {
+                    footprint: stored.footprint,
                     policy,
                     vary: stored.vary.clone(),
                     res_cc,
@@ -568,6 +580,11 @@ impl Policy {
 }
 
 impl Stored {
+    /// Heap bytes held by this value (not counting the body and the served head).
+    pub fn footprint(&self) -> u64 {
+        self.footprint
+    }
+
     /// A validator of the stored response (ETag or Last-Modified).
     fn validator(&self, name: &header::HeaderName) -> Option<http::HeaderValue> {
         self.validators
@@ -622,6 +639,48 @@ impl Stored {
             || self.res_cc.has("no-cache")
             || (self.shared && self.set_cookie && !self.res_cc.has("public"))
     }
+}
+
+/// Bytes a `Stored` holds whatever its heads: the crate's policy value, the Vary key,
+/// directive and validator vectors, and their allocations' overhead.
+const STORED_FIXED: u64 = 768;
+
+/// The request as the crate keeps it inside a stored policy: only the fields it reads later
+/// (`Cache-Control`, `Pragma`, `Authorization`, `Host` and the fields the response varies
+/// on), in storage of their own. The whole request would pin the client's read buffer and
+/// its cookies in every entry.
+fn policy_request(req: &request::Parts, vary: &VaryKey) -> request::Parts {
+    let mut out = crate::heads::clone_request(req);
+    let mut h = HeaderMap::new();
+    let keep = [
+        header::CACHE_CONTROL,
+        header::PRAGMA,
+        header::AUTHORIZATION,
+        header::HOST,
+    ];
+    let varied: &[(HeaderName, Option<String>)] = match vary {
+        VaryKey::Fields(f) => f,
+        _ => &[],
+    };
+    for (name, value) in &req.headers {
+        if keep.contains(name) || varied.iter().any(|(n, _)| n == name) {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    out.headers = crate::heads::owned_fields(&h);
+    // Parsing copies: a parser's URI, like its header values, may be a slice of its buffer.
+    if let Ok(uri) = req.uri.to_string().parse() {
+        out.uri = uri;
+    }
+    out
+}
+
+/// Length of the Cache-Control field lines (kept parsed twice: by the crate and here).
+fn cc_len(h: &HeaderMap) -> u64 {
+    h.get_all(header::CACHE_CONTROL)
+        .iter()
+        .map(|v| v.len() as u64 + 64)
+        .sum()
 }
 
 /// Directives whose argument is delta-seconds (RFC 9111 §5.2, RFC 5861).
