@@ -104,3 +104,36 @@ async fn bodies_on_get_and_head_are_dropped_or_refused() {
         assert_ne!(s.target, "/big");
     }
 }
+
+/// A hop marker (`larder-hop`) never widens access: without `--peer-secret` a marked request
+/// passes the same `--allow` check as any other; with one, it must carry a valid signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_marker_never_widens_access() {
+    let origin = larder_tests::Origin::start(|_, _| {
+        larder_tests::Reply::ok("secret", &[("cache-control", "max-age=60")])
+    })
+    .await;
+    let hop = [("larder-hop", "http://127.0.0.1:1")];
+    let q = format!(
+        "/proxy?{}",
+        larder_core::door::proxy_query(&origin.url("/q"))
+    );
+    // Loopback clients are not in --allow here, and there is no peer secret.
+    let p = peer(|a| a.allow = vec!["10.0.0.0/8".into()]).await;
+    assert_eq!(get(p.addr, &origin.url("/a")).await.status, 403);
+    for target in [origin.url("/a"), q.clone()] {
+        let r = send(p.addr, "GET", &target, &hop).await.unwrap();
+        assert_eq!(r.status, 403, "{target}: {}", r.text());
+    }
+    // With a secret, a marker without a valid signature is refused.
+    let s = peer(|a| {
+        a.allow = vec!["10.0.0.0/8".into()];
+        a.peer_secret = Some("s3cret".into());
+    })
+    .await;
+    for target in [origin.url("/a"), q.clone()] {
+        let r = send(s.addr, "GET", &target, &hop).await.unwrap();
+        assert_eq!(r.status, 401, "{target}: {}", r.text());
+    }
+    assert_eq!(origin.hits(), 0, "nothing reached the origin");
+}

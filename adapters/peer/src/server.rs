@@ -380,7 +380,10 @@ async fn route(
             }
             None => {}
         }
-    } else if door != Door::Mirror && !allowed(state, &remote) {
+    }
+    // A hop marker never widens access: only a verified signature stands in for --allow.
+    let verified_peer = from_peer && state.settings.peer_secret.is_some();
+    if !verified_peer && door != Door::Mirror && !allowed(state, &remote) {
         let why = format!(
             "{} may not use this proxy (not an open proxy: see --allow)",
             remote.ip()
