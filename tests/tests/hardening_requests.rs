@@ -137,3 +137,56 @@ async fn a_hop_marker_never_widens_access() {
     }
     assert_eq!(origin.hits(), 0, "nothing reached the origin");
 }
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host, or with more than one, gets 400 on every
+/// door; HTTP/1.0 needs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_is_required_once_in_http_1_1() {
+    use larder_tests::raw_exchange;
+    use std::time::Duration;
+    let origin = RawOrigin::start(body_of).await;
+    let forward = peer(|_| {}).await;
+    let base = origin.url("/m");
+    let mirror = peer(|a| a.mirror = Some(base.clone())).await;
+    let url = origin.url("/x");
+    let wait = Duration::from_secs(3);
+    for (server, target) in [(forward.addr, url.as_str()), (mirror.addr, "/y")] {
+        for fields in ["", "host: a\r\nhost: b\r\n"] {
+            let req = format!("GET {target} HTTP/1.1\r\n{fields}connection: close\r\n\r\n");
+            let got = raw_exchange(server, req.as_bytes(), wait).await;
+            assert!(got.starts_with("HTTP/1.1 400"), "{req:?}: {got}");
+        }
+        let two_in_one =
+            format!("GET {target} HTTP/1.1\r\nhost: a\r\nHost: a\r\nconnection: close\r\n\r\n");
+        let got = raw_exchange(server, two_in_one.as_bytes(), wait).await;
+        assert!(got.starts_with("HTTP/1.1 400"), "{two_in_one:?}: {got}");
+    }
+    let no_host = raw_exchange(
+        forward.addr,
+        b"GET /healthz HTTP/1.1\r\nconnection: close\r\n\r\n",
+        wait,
+    )
+    .await;
+    assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
+    assert!(origin.seen().is_empty(), "{:?}", origin.seen());
+    // HTTP/1.0 without Host is fine, and so is HTTP/1.1 with exactly one.
+    let old = raw_exchange(
+        forward.addr,
+        format!("GET {url} HTTP/1.0\r\n\r\n").as_bytes(),
+        wait,
+    )
+    .await;
+    assert!(
+        old.contains(" 200 OK") && old.ends_with("body of /x"),
+        "{old}"
+    );
+    let one = format!(
+        "GET {url} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+        origin.addr
+    );
+    let one = raw_exchange(forward.addr, one.as_bytes(), wait).await;
+    assert!(
+        one.starts_with("HTTP/1.1 200") && one.ends_with("body of /x"),
+        "{one}"
+    );
+}

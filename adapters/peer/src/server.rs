@@ -311,6 +311,12 @@ async fn route(
             &parts,
         ));
     }
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1 (none needed in 1.0), never two.
+    let hosts = parts.headers.get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && parts.version >= http::Version::HTTP_11) {
+        let why = format!("{hosts} Host fields: HTTP/1.1 requests need exactly one");
+        return Err(refuse(Refused(StatusCode::BAD_REQUEST, why), &parts));
+    }
     if parts.method == Method::CONNECT {
         let req = Request::from_parts(parts, body);
         let (m, u) = (req.method().clone(), req.uri().to_string());
