@@ -445,6 +445,7 @@ impl RawSeen {
 pub struct RawOrigin {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<RawSeen>>>,
+    connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -456,12 +457,15 @@ impl RawOrigin {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let answer = Arc::new(answer);
         let log = seen.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((mut s, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (answer, log) = (answer.clone(), log.clone());
                 conns.spawn(async move {
                     let mut buf = Vec::new();
@@ -509,11 +513,21 @@ impl RawOrigin {
                 });
             }
         });
-        RawOrigin { addr, seen, task }
+        RawOrigin {
+            addr,
+            seen,
+            connections,
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Request heads received so far, in order.

@@ -190,3 +190,43 @@ async fn host_is_required_once_in_http_1_1() {
         "{one}"
     );
 }
+
+/// RFC 9112 §6.3: when an origin sends both Transfer-Encoding and Content-Length, the
+/// encoding wins and the length must not be passed on (nor stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_encoding_wins_over_content_length() {
+    let origin = RawOrigin::start(|_| {
+        b"HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ntransfer-encoding: chunked\r\n\
+          content-length: 3\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            .to_vec()
+    })
+    .await;
+    let p = peer(|_| {}).await;
+    let check = |r: &larder_tests::Got, what: &str| {
+        assert_eq!(r.status, 200, "{what}");
+        assert_eq!(r.text(), "hello world", "{what}: {}", r.cache_status());
+        assert!(
+            r.header("content-length").is_none_or(|l| l == "11"),
+            "{what}: {:?}",
+            r.headers
+        );
+    };
+    let miss = get(p.addr, &origin.url("/both")).await;
+    check(&miss, "miss");
+    let hit = get(p.addr, &origin.url("/both")).await;
+    check(&hit, "hit");
+    assert!(
+        hit.is_hit(),
+        "stored with its real length: {}",
+        hit.cache_status()
+    );
+    let pass = send_body(p.addr, "POST", &origin.url("/post"), &[], "x".into())
+        .await
+        .unwrap();
+    check(&pass, "pass-through");
+    assert_eq!(
+        origin.connections(),
+        2,
+        "a connection whose framing was in doubt is never reused"
+    );
+}

@@ -8,6 +8,7 @@ use http::{HeaderValue, Request, Response, request};
 use http_body_util::{BodyExt, Empty, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::capture_connection;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use larder_core::engine::UpstreamError;
 use larder_core::{FetchId, Input};
@@ -114,6 +115,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, OriginError> {
         *req.version_mut() = http::Version::HTTP_11;
         frame_request(&mut req);
+        let connection = capture_connection(&mut req);
         req.headers_mut()
             .append(http::header::VIA, self.via.clone());
         match tokio::time::timeout(first_byte, self.client.request(req)).await {
@@ -122,7 +124,20 @@ impl Upstream {
                 Some(refused) => Err(OriginError::NotAllowed(refused.clone())),
                 None => Err(OriginError::Failed(SendError::Connect(describe(&e)))),
             },
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(mut r)) => {
+                // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a length
+                // sent with it must not be passed on (hyper decodes by the encoding). Such a
+                // message may be a smuggling attempt: the connection is not reused.
+                let h = r.headers_mut();
+                if h.contains_key(http::header::TRANSFER_ENCODING)
+                    && h.remove(http::header::CONTENT_LENGTH).is_some()
+                {
+                    if let Some(conn) = connection.connection_metadata().as_ref() {
+                        conn.poison();
+                    }
+                }
+                Ok(r)
+            }
         }
     }
 }
