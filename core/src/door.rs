@@ -25,6 +25,17 @@ fn absolute(u: &str) -> Option<Uri> {
     Some(uri)
 }
 
+/// An absolute target whose port is out of range (`h:99999` is not port 80) is refused.
+fn check_port(uri: &Uri) -> Result<(), Refused> {
+    match uri.authority().map(crate::key::port) {
+        Some(Err(e)) => Err(Refused(
+            http::StatusCode::BAD_REQUEST,
+            format!("bad port in {uri}: {e}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Resolves the target URL of a request.
 pub fn resolve(
     parts: &Parts,
@@ -36,6 +47,7 @@ pub fn resolve(
         let ok = matches!(parts.uri.scheme_str(), Some("http" | "https"))
             && parts.uri.authority().is_some();
         return if ok {
+            check_port(&parts.uri)?;
             Ok((parts.uri.clone(), Door::Forward))
         } else {
             Err(bad(format!(
@@ -59,9 +71,10 @@ pub fn resolve(
                     "missing q: use {proxy_path}?q=<escaped absolute URL>"
                 ))
             })?;
-        return absolute(&q)
-            .map(|u| (u, Door::ProxyPath))
-            .ok_or_else(|| bad(format!("bad q {q:?}: expected an absolute http(s) URL")));
+        let uri = absolute(&q)
+            .ok_or_else(|| bad(format!("bad q {q:?}: expected an absolute http(s) URL")))?;
+        check_port(&uri)?;
+        return Ok((uri, Door::ProxyPath));
     }
     let Some(base) = mirror else {
         return Err(bad(
@@ -74,6 +87,12 @@ pub fn resolve(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
+    // Only origin-form joins the mirror URL: `*` would make `http://host:port*` (port 80).
+    if !pq.starts_with('/') {
+        return Err(bad(format!(
+            "{pq:?} is not an origin-form target (a path starting with /)"
+        )));
+    }
     let joined = format!(
         "{}://{}{}{}",
         base.scheme_str().unwrap_or("http"),
@@ -125,6 +144,23 @@ mod tests {
                     .unwrap(),
                 Door::Mirror
             )
+        );
+    }
+
+    #[test]
+    fn ports_and_asterisk_form_are_refused_not_guessed() {
+        let m: Uri = "http://mirror.test:8080".parse().unwrap();
+        for bad in [
+            "http://o.test:99999/a",
+            "/proxy?q=http%3A%2F%2Fo.test%3A0%2F",
+        ] {
+            let r = resolve(&parts(bad), None, "/proxy").unwrap_err();
+            assert!(r.1.contains("port"), "{bad}: {}", r.1);
+        }
+        let star = http::Request::options("*").body(()).unwrap().into_parts().0;
+        assert_eq!(
+            resolve(&star, Some(&m), "/proxy").unwrap_err().0,
+            http::StatusCode::BAD_REQUEST
         );
     }
 

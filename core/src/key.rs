@@ -20,6 +20,8 @@ pub enum KeyError {
     NotAbsolute,
     /// Only `http` and `https` are proxied.
     UnsupportedScheme,
+    /// The port is not a number from 1 to 65535 (`http://h:99999/` is not port 80).
+    BadPort,
 }
 
 impl fmt::Display for KeyError {
@@ -27,11 +29,32 @@ impl fmt::Display for KeyError {
         f.write_str(match self {
             KeyError::NotAbsolute => "request target is not an absolute http(s) URI",
             KeyError::UnsupportedScheme => "only http and https URIs can be proxied",
+            KeyError::BadPort => "the port must be a number from 1 to 65535",
         })
     }
 }
 
 impl std::error::Error for KeyError {}
+
+/// The port an authority names: `None` when it names none (or an empty one, RFC 3986 §3.2.3),
+/// `BadPort` when the text after the host is not a port in 1..=65535. (`Authority::port_u16`
+/// says `None` for both `h` and `h:99999`, which would make the second port 80.)
+pub fn port(authority: &http::uri::Authority) -> Result<Option<u16>, KeyError> {
+    let hostport = authority.as_str().rsplit('@').next().unwrap_or("");
+    let after_host = match hostport.rfind(']') {
+        Some(i) => &hostport[i + 1..],
+        None => hostport.find(':').map_or("", |i| &hostport[i..]),
+    };
+    match after_host.strip_prefix(':') {
+        None if after_host.is_empty() => Ok(None),
+        None => Err(KeyError::BadPort),
+        Some("") => Ok(None),
+        Some(digits) => match digits.parse::<u16>() {
+            Ok(p) if p > 0 && digits.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(p)),
+            _ => Err(KeyError::BadPort),
+        },
+    }
+}
 
 impl CacheKey {
     /// Normalizes an absolute URI.
@@ -50,7 +73,7 @@ impl CacheKey {
         out.push_str(&scheme);
         out.push_str("://");
         out.push_str(&host);
-        if let Some(port) = authority.port_u16().filter(|p| *p != default_port) {
+        if let Some(port) = port(authority)?.filter(|p| *p != default_port) {
             out.push(':');
             out.push_str(&port.to_string());
         }
@@ -136,6 +159,24 @@ mod tests {
     fn rejects_origin_form_and_other_schemes() {
         assert_eq!(key("/a"), Err(KeyError::NotAbsolute));
         assert_eq!(key("ftp://h/a"), Err(KeyError::UnsupportedScheme));
+    }
+
+    #[test]
+    fn ports_out_of_range_are_refused_not_defaulted() {
+        for bad in [
+            "http://h:99999/",
+            "http://h:65536/",
+            "http://h:0/",
+            "http://127.0.0.1:99999/",
+            "http://[::1]:70000/",
+            "https://u@h:123456/",
+        ] {
+            assert_eq!(key(bad), Err(KeyError::BadPort), "{bad}");
+        }
+        assert_eq!(key("http://h:/a").unwrap(), "http://h/a");
+        assert_eq!(key("http://h:65535/a").unwrap(), "http://h:65535/a");
+        assert_eq!(key("http://[::1]:8080/").unwrap(), "http://[::1]:8080/");
+        assert_eq!(key("http://[::1]/").unwrap(), "http://[::1]/");
     }
 
     #[test]

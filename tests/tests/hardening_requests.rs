@@ -230,3 +230,49 @@ async fn transfer_encoding_wins_over_content_length() {
         "a connection whose framing was in doubt is never reused"
     );
 }
+
+/// `http://127.0.0.1:99999/` is not port 80: out-of-range ports get 400 on every door and
+/// never become a connection or a cache key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_ports_are_refused() {
+    let p = peer(|_| {}).await;
+    for url in [
+        "http://127.0.0.1:99999/x",
+        "http://127.0.0.1:65536/x",
+        "http://127.0.0.1:0/x",
+    ] {
+        let r = send(p.addr, "GET", url, &[]).await.unwrap();
+        assert_eq!(r.status, 400, "{url}: {} {}", r.cache_status(), r.text());
+        assert!(r.text().contains("port"), "{url}: {}", r.text());
+        let q = format!("/proxy?{}", larder_core::door::proxy_query(url));
+        let r = send(p.addr, "GET", &q, &[]).await.unwrap();
+        assert_eq!(r.status, 400, "{q}: {}", r.text());
+        let r = send_body(p.addr, "POST", url, &[], "x".into())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "POST {url}: {}", r.text());
+    }
+}
+
+/// Asterisk-form (`OPTIONS *`, `GET *`) is about the proxy itself: answered here, never
+/// joined onto the mirror URL (which made `http://host:port*`, i.e. port 80 of the host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asterisk_form_is_answered_locally() {
+    use larder_tests::raw_exchange;
+    use std::time::Duration;
+    let origin = RawOrigin::start(body_of).await;
+    let base = origin.url("/m");
+    let mirror = peer(|a| a.mirror = Some(base.clone())).await;
+    let forward = peer(|_| {}).await;
+    for server in [mirror.addr, forward.addr] {
+        let ask = |m: &str| format!("{m} * HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let got = raw_exchange(server, ask("OPTIONS").as_bytes(), Duration::from_secs(3)).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        assert!(got.to_ascii_lowercase().contains("\r\nallow: "), "{got}");
+        for m in ["GET", "HEAD", "POST"] {
+            let got = raw_exchange(server, ask(m).as_bytes(), Duration::from_secs(3)).await;
+            assert!(got.starts_with("HTTP/1.1 400"), "{m} *: {got}");
+        }
+    }
+    assert!(origin.seen().is_empty(), "{:?}", origin.seen());
+}

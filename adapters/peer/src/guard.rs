@@ -195,10 +195,11 @@ impl tower_service::Service<http::Uri> for GuardedConnector {
         let (guard, timeout) = (self.guard.clone(), self.timeout);
         Box::pin(async move {
             let host = dst.host().ok_or("destination has no host")?.to_owned();
-            let port = match dst.port_u16() {
-                Some(p) => p,
-                None if dst.scheme_str() == Some("https") => 443,
-                None => 80,
+            // Never a default port for a port that does not parse (`h:99999`).
+            let port = match dst.authority().map(larder_core::key::port).transpose()? {
+                Some(Some(p)) => p,
+                _ if dst.scheme_str() == Some("https") => 443,
+                _ => 80,
             };
             let addrs = match &guard {
                 Some(g) => g.resolve(&host, port).await?,

@@ -324,6 +324,19 @@ async fn route(
     }
     if parts.uri.scheme().is_none() {
         match parts.uri.path() {
+            // Asterisk-form asks about this server, never about an upstream.
+            "*" if parts.method == Method::OPTIONS => {
+                let mut r = text(StatusCode::OK, "ok");
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+                return Ok(r);
+            }
+            "*" => {
+                let why = "asterisk-form (*) is for OPTIONS only".to_owned();
+                return Err(refuse(Refused(StatusCode::BAD_REQUEST, why), &parts));
+            }
             "/healthz" => return Ok(text(StatusCode::OK, "ok")),
             "/metrics" => {
                 let body = Bytes::from(state.metrics.render());
