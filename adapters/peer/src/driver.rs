@@ -9,9 +9,9 @@ use hashbrown::HashMap;
 use http::{request, response};
 use larder_core::cache_status::CacheStatus;
 use larder_core::{ClientId, Engine, FetchId, Input, Output, ResponseBody, Route};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -35,14 +35,57 @@ pub enum ClientEvent {
     },
 }
 
-/// Bytes a client may have queued before the fetch feeding it pauses (backpressure: memory
-/// stays bounded by the cache plus this per client, never by object size).
+/// Bytes a client may have queued before it counts as behind. A fill is paced by its
+/// *fastest* client: it reads on while any client is under half of this, and pauses only
+/// when every client is behind (backpressure: memory stays bounded by the cache plus this
+/// per client, never by object size, and one stalled reader never paces the others).
 pub const BACKLOG_LIMIT: usize = 1 << 20;
+
+/// One client's queue as its fill sees it: bytes queued and not yet taken, when it last
+/// took some, and whether it was cut off.
+pub struct Lane {
+    id: ClientId,
+    backlog: AtomicUsize,
+    /// Milliseconds since `EPOCH` when the client last took a body chunk.
+    last_read: AtomicU64,
+    cut: AtomicBool,
+}
+
+/// The origin of `Lane::last_read`.
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn now_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
+}
+
+impl Lane {
+    fn new(id: ClientId) -> Self {
+        Lane {
+            id,
+            backlog: AtomicUsize::new(0),
+            last_read: AtomicU64::new(now_ms()),
+            cut: AtomicBool::new(false),
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    fn behind(&self) -> bool {
+        self.backlog() > BACKLOG_LIMIT / 2
+    }
+
+    /// Not cut off (clients that left are no longer listed at all).
+    fn live(&self) -> bool {
+        !self.cut.load(Ordering::Relaxed)
+    }
+}
 
 /// The receiving end of a client's events, counting body bytes not yet taken.
 pub struct Events {
     rx: mpsc::UnboundedReceiver<ClientEvent>,
-    backlog: Arc<AtomicUsize>,
+    lane: Arc<Lane>,
 }
 
 impl Events {
@@ -54,9 +97,14 @@ impl Events {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<ClientEvent>> {
+        // A cut client ends at once, however much is still queued for it.
+        if self.lane.cut.load(Ordering::Relaxed) {
+            return std::task::Poll::Ready(Some(ClientEvent::Abort));
+        }
         let ev = self.rx.poll_recv(cx);
         if let std::task::Poll::Ready(Some(ClientEvent::Body(b))) = &ev {
-            self.backlog.fetch_sub(b.len(), Ordering::Relaxed);
+            self.lane.backlog.fetch_sub(b.len(), Ordering::Relaxed);
+            self.lane.last_read.store(now_ms(), Ordering::Relaxed);
         }
         ev
     }
@@ -64,10 +112,51 @@ impl Events {
     fn try_recv(&mut self) -> Option<ClientEvent> {
         let ev = self.rx.try_recv().ok();
         if let Some(ClientEvent::Body(b)) = &ev {
-            self.backlog.fetch_sub(b.len(), Ordering::Relaxed);
+            self.lane.backlog.fetch_sub(b.len(), Ordering::Relaxed);
         }
         ev
     }
+}
+
+/// What an input concerned, to recover from a panic while handling it.
+#[derive(Debug, Clone, Copy)]
+enum Subject {
+    Client(ClientId),
+    Fetch(FetchId),
+    Other,
+}
+
+impl Subject {
+    fn of(input: &Input) -> Self {
+        match input {
+            Input::Request { client, .. }
+            | Input::ClientGone { client }
+            | Input::PassResponse { client, .. } => Subject::Client(*client),
+            Input::UpstreamHead { fetch, .. }
+            | Input::UpstreamBody { fetch, .. }
+            | Input::UpstreamEnd { fetch }
+            | Input::UpstreamError { fetch, .. } => Subject::Fetch(*fetch),
+            _ => Subject::Other,
+        }
+    }
+}
+
+fn internal_error() -> response::Parts {
+    let mut head = http::Response::new(()).into_parts().0;
+    head.status = http::StatusCode::INTERNAL_SERVER_ERROR;
+    head.headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    head.headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    head.headers.insert(
+        http::header::HeaderName::from_static("cache-status"),
+        http::HeaderValue::from_static("larder; detail=internal-error"),
+    );
+    head
 }
 
 /// How a request started.
@@ -88,9 +177,7 @@ pub enum Begin {
 
 struct Inner {
     engine: Engine,
-    clients: HashMap<ClientId, (mpsc::UnboundedSender<ClientEvent>, Arc<AtomicUsize>)>,
-    /// Backlogs over the limit met while draining the current input.
-    lagging: Vec<Arc<AtomicUsize>>,
+    clients: HashMap<ClientId, (mpsc::UnboundedSender<ClientEvent>, Arc<Lane>)>,
     fetches: HashMap<FetchId, AbortHandle>,
 }
 
@@ -108,7 +195,6 @@ impl Driver {
                 engine,
                 clients: HashMap::new(),
                 fetches: HashMap::new(),
-                lagging: Vec::new(),
             }),
             next_client: AtomicU64::new(1),
             upstream,
@@ -126,13 +212,13 @@ impl Driver {
     pub fn begin(self: &Arc<Self>, head: request::Parts, route: Route) -> Begin {
         let id = ClientId(self.next_client.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(AtomicUsize::new(0));
+        let lane = Arc::new(Lane::new(id));
         let mut rx = Events {
             rx,
-            backlog: backlog.clone(),
+            lane: lane.clone(),
         };
         let mut inner = self.lock();
-        inner.clients.insert(id, (tx, backlog));
+        inner.clients.insert(id, (tx, lane));
         self.input_locked(
             &mut inner,
             Input::Request {
@@ -184,10 +270,10 @@ impl Driver {
     }
 
     fn input_locked(self: &Arc<Self>, inner: &mut Inner, input: Input) {
-        inner.engine.handle_input(SystemTime::now(), input);
-        while let Some(out) = inner.engine.poll_output() {
-            self.dispatch(inner, out);
-        }
+        let subject = Subject::of(&input);
+        self.contained(inner, subject, |engine| {
+            engine.handle_input(SystemTime::now(), input)
+        });
         self.metrics
             .cache_bytes
             .set(inner.engine.stored_bytes() as i64);
@@ -196,24 +282,140 @@ impl Driver {
             .set(inner.engine.stored_entries() as i64);
     }
 
+    /// Runs one engine mutation and its drain with panics contained. A panic must never
+    /// leave a client waiting or state behind: the client the input was about gets a 500
+    /// and is forgotten; a fetch it was about fails (its clients get a 502) and stops.
+    fn contained(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        subject: Subject,
+        mutate: impl FnOnce(&mut Engine),
+    ) {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            mutate(&mut inner.engine);
+            while let Some(out) = inner.engine.poll_output() {
+                self.dispatch(inner, out);
+            }
+        }));
+        if run.is_ok() {
+            return;
+        }
+        self.metrics.engine_panics.inc();
+        tracing::error!(
+            ?subject,
+            "panic while handling an input; answering with an error"
+        );
+        let recovery = match subject {
+            Subject::Client(client) => {
+                if let Some((tx, _)) = inner.clients.remove(&client) {
+                    let _ = tx.send(ClientEvent::Respond {
+                        head: internal_error(),
+                        body: ResponseBody::Full(Bytes::from_static(
+                            b"internal error while handling this request\n",
+                        )),
+                    });
+                }
+                Input::ClientGone { client }
+            }
+            Subject::Fetch(fetch) => {
+                if let Some(h) = inner.fetches.remove(&fetch) {
+                    h.abort();
+                }
+                Input::UpstreamError {
+                    fetch,
+                    error: larder_core::engine::UpstreamError::Protocol,
+                }
+            }
+            Subject::Other => return,
+        };
+        // Best effort: the engine forgets what the failed input concerned.
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inner.engine.handle_input(SystemTime::now(), recovery);
+            while let Some(out) = inner.engine.poll_output() {
+                self.dispatch(inner, out);
+            }
+        }));
+        if again.is_err() {
+            tracing::error!(?subject, "panic again while recovering");
+        }
+    }
+
     fn send(inner: &mut Inner, client: ClientId, ev: ClientEvent) {
-        if let Some((tx, backlog)) = inner.clients.get(&client) {
-            if let ClientEvent::Body(b) = &ev
-                && backlog.fetch_add(b.len(), Ordering::Relaxed) + b.len() > BACKLOG_LIMIT
-            {
-                let lagging = backlog.clone();
-                inner.lagging.push(lagging);
+        if let Some((tx, lane)) = inner.clients.get(&client) {
+            if let ClientEvent::Body(b) = &ev {
+                lane.backlog.fetch_add(b.len(), Ordering::Relaxed);
             }
             let _ = tx.send(ev);
         }
     }
 
-    /// Feeds a body chunk; returns the backlogs of clients now too far behind, which the
-    /// fetch waits on before reading more.
-    pub fn input_body(self: &Arc<Self>, fetch: FetchId, chunk: Bytes) -> Vec<Arc<AtomicUsize>> {
+    /// Feeds a body chunk.
+    pub fn input_body(self: &Arc<Self>, fetch: FetchId, chunk: Bytes) {
+        self.input(Input::UpstreamBody { fetch, chunk });
+    }
+
+    /// The lanes of the clients a fetch feeds now (followers that joined included).
+    fn lanes_of(&self, fetch: FetchId) -> Vec<Arc<Lane>> {
+        let inner = self.lock();
+        inner
+            .engine
+            .fetch_clients(fetch)
+            .iter()
+            .filter_map(|c| inner.clients.get(c).map(|(_, l)| l.clone()))
+            .collect()
+    }
+
+    /// Waits until a fill may read on: at once while any of its clients keeps up; otherwise
+    /// until one catches up. A client behind that has taken nothing for `stall`, or whose
+    /// queue outgrew `detach` bytes, is cut off (its response aborts, the engine forgets
+    /// it), so one stalled reader never holds the others or the fill.
+    pub async fn pace(self: &Arc<Self>, fetch: FetchId, stall: Duration, detach: usize) {
+        loop {
+            let lanes = self.lanes_of(fetch);
+            let now = now_ms();
+            for lane in &lanes {
+                let stalled = now.saturating_sub(lane.last_read.load(Ordering::Relaxed))
+                    > stall.as_millis() as u64;
+                if lane.live() && ((lane.behind() && stalled) || lane.backlog() > detach) {
+                    self.cut(lane);
+                }
+            }
+            if !self.all_behind(&lanes) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Every live client is behind (false when none is left).
+    fn all_behind(&self, fed: &[Arc<Lane>]) -> bool {
+        let mut any = false;
+        for lane in fed {
+            if lane.live() {
+                if !lane.behind() {
+                    return false;
+                }
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Cuts a client off: its body ends with an error at once, and the engine forgets it.
+    fn cut(self: &Arc<Self>, lane: &Arc<Lane>) {
+        lane.cut.store(true, Ordering::Relaxed);
+        self.metrics.clients_cut.inc();
+        tracing::warn!(
+            client = lane.id.0,
+            backlog = lane.backlog(),
+            "client too far behind its download: cut off"
+        );
         let mut inner = self.lock();
-        self.input_locked(&mut inner, Input::UpstreamBody { fetch, chunk });
-        std::mem::take(&mut inner.lagging)
+        if let Some((tx, _)) = inner.clients.remove(&lane.id) {
+            // Wakes the connection task if it waits on an empty queue.
+            let _ = tx.send(ClientEvent::Abort);
+            self.input_locked(&mut inner, Input::ClientGone { client: lane.id });
+        }
     }
 
     fn dispatch(self: &Arc<Self>, inner: &mut Inner, out: Output) {
@@ -276,5 +478,61 @@ impl Driver {
     /// Read access to the engine (ring, counters) for the client library and tests.
     pub fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
         f(&self.lock().engine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use larder_core::Config;
+
+    fn driver() -> Arc<Driver> {
+        let tls = crate::tls::client_config(&[]).unwrap();
+        let t = Duration::from_secs(1);
+        let up = Upstream::new(tls, t, t, t, "test");
+        Driver::new(
+            Engine::new(Config::default()).unwrap(),
+            up,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_panic_answers_the_client_and_leaves_nothing_behind() {
+        let d = driver();
+        let id = ClientId(7);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let lane = Arc::new(Lane::new(id));
+        let mut events = Events {
+            rx,
+            lane: lane.clone(),
+        };
+        {
+            let mut inner = d.lock();
+            inner.clients.insert(id, (tx, lane));
+            d.contained(&mut inner, Subject::Client(id), |_| {
+                panic!("a bug in the engine")
+            });
+            assert!(inner.clients.is_empty(), "the client is forgotten");
+            assert_eq!(inner.engine.in_flight(), (0, 0));
+        }
+        match events.recv().await {
+            Some(ClientEvent::Respond { head, .. }) => {
+                assert_eq!(head.status, http::StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            other => panic!("expected a 500, got {other:?}"),
+        }
+        assert_eq!(d.metrics.engine_panics.get(), 1);
+        // The lock is not poisoned and the engine keeps serving.
+        let head = http::Request::get("http://127.0.0.1:9/x")
+            .header("cache-control", "only-if-cached")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        match d.begin(head, Route::Local) {
+            Begin::Answered { head, .. } => assert_eq!(head.status.as_u16(), 504),
+            Begin::Pending { .. } => panic!("only-if-cached is answered at once"),
+        }
     }
 }

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     pub stored: Counter,
     pub evictions: Counter,
+    /// Clients cut off for falling too far behind a shared download.
+    pub clients_cut: Counter,
+    /// Panics caught while handling an input (the request got an error, nothing leaked).
+    pub engine_panics: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +59,8 @@ impl Metrics {
             cache_entries: Gauge::default(),
             stored: Counter::default(),
             evictions: Counter::default(),
+            clients_cut: Counter::default(),
+            engine_panics: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -81,6 +87,16 @@ impl Metrics {
             "larder_peer_errors",
             "Failed attempts to reach a peer",
             m.peer_errors.clone(),
+        );
+        r.register(
+            "larder_clients_cut",
+            "Clients cut off for falling too far behind a shared download",
+            m.clients_cut.clone(),
+        );
+        r.register(
+            "larder_engine_panics",
+            "Panics caught while handling an input (answered with an error, state released)",
+            m.engine_panics.clone(),
         );
         r.register(
             "larder_peers_up",

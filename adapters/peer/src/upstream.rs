@@ -201,6 +201,10 @@ pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
     };
     let (head, mut body) = resp.into_parts();
     driver.input(Input::UpstreamHead { fetch: fid, head });
+    // A client this far behind is cut off: replaying a stored fill to a late follower may
+    // queue up to the largest storable object, never more.
+    let detach = driver.with_engine(|e| e.config().policy.max_object_size) as usize
+        + crate::driver::BACKLOG_LIMIT;
     loop {
         match tokio::time::timeout(up.idle, body.frame()).await {
             Err(_) => {
@@ -226,16 +230,8 @@ pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
                 if let Ok(chunk) = frame.into_data() {
                     if !chunk.is_empty() {
                         driver.metrics.bytes_from_origin.inc_by(chunk.len() as u64);
-                        let lagging = driver.input_body(fid, chunk);
-                        // Backpressure: read no more while a client is too far behind (a
-                        // client that leaves drops its backlog's other owners).
-                        while lagging.iter().any(|b| {
-                            Arc::strong_count(b) > 1
-                                && b.load(std::sync::atomic::Ordering::Relaxed)
-                                    > crate::driver::BACKLOG_LIMIT / 2
-                        }) {
-                            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                        }
+                        driver.input_body(fid, chunk);
+                        driver.pace(fid, up.idle, detach).await;
                     }
                 }
             }

@@ -209,6 +209,14 @@ impl Engine {
         (self.clients.len(), self.fetches.len())
     }
 
+    /// The clients a fetch is feeding now (empty for an unknown fetch): adapters pace a
+    /// fill by them (read on while any keeps up).
+    pub fn fetch_clients(&self, fetch: FetchId) -> &[ClientId] {
+        self.fetches
+            .get(&fetch)
+            .map_or(&[], |f| f.clients.as_slice())
+    }
+
     /// The next output, or `None` when drained.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
