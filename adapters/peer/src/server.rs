@@ -13,7 +13,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use larder_core::door::{self, Door, Refused};
 use larder_core::{ClientId, ResponseBody, Route};
 use std::convert::Infallible;
@@ -35,6 +35,10 @@ pub const MAX_GET_BODY: usize = 64 * 1024;
 /// How long a declared GET/HEAD body may take to arrive (408 beyond).
 pub const GET_BODY_WAIT: Duration = Duration::from_secs(10);
 
+/// Peer nonces remembered at most (about 32 MiB): far above any real peer rate times the
+/// signature window; past it the window shrinks instead of admitting replays.
+const REPLAY_CAPACITY: usize = 1 << 20;
+
 pub struct State {
     pub settings: Settings,
     pub driver: Arc<Driver>,
@@ -47,6 +51,8 @@ pub struct State {
     pub id: String,
     /// `Via: 1.1 <id>`, made once.
     pub via: HeaderValue,
+    /// Peer signatures seen within their window: each is admitted once.
+    pub replay: std::sync::Mutex<larder_core::hop::ReplayGuard>,
 }
 
 /// A running peer.
@@ -128,6 +134,7 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
         via: HeaderValue::from_str(&format!("1.1 {id}"))
             .unwrap_or(HeaderValue::from_static("1.1 larder")),
         id,
+        replay: std::sync::Mutex::new(larder_core::hop::ReplayGuard::new(REPLAY_CAPACITY)),
     });
     let (tx, rx) = tokio::sync::watch::channel(false);
     let timers = tokio::spawn(driver.run_timers());
@@ -153,6 +160,9 @@ async fn accept_loop(
 ) {
     // Each connection holds a clone; shutdown waits for them to drop.
     let live = Arc::new(());
+    let clock = read_clock::ActiveClock::new();
+    let ticking = tokio::spawn(clock.clone().run());
+    let timer = read_clock::ActiveTimer(clock);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -169,7 +179,7 @@ async fn accept_loop(
                 let st = state.clone();
                 let svc = service_fn(move |req| handle(st.clone(), remote, req));
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
+                    .timer(timer.clone())
                     .header_read_timeout(Duration::from_secs(10))
                     .max_buf_size(64 * 1024)
                     .max_header_size(MAX_HEAD)
@@ -206,6 +216,7 @@ async fn accept_loop(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    ticking.abort();
 }
 
 /// Probes peers marked down so they come back before their back-off runs out.
@@ -379,13 +390,25 @@ async fn route(
     if from_peer {
         match &state.settings.peer_secret {
             Some(secret) => {
+                let now = SystemTime::now();
+                let sender = parts
+                    .headers
+                    .get(larder_core::hop::HOP)
+                    .map_or(&b""[..], |v| v.as_bytes());
                 let ok = larder_core::hop::verify(
                     secret,
                     &parts.method,
                     &target.to_string(),
-                    parts.headers.get(larder_core::hop::AUTH),
-                    SystemTime::now(),
-                );
+                    &parts.headers,
+                    now,
+                )
+                .and_then(|signed| {
+                    state
+                        .replay
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .admit(sender, signed, now)
+                });
                 ok.map_err(|why| {
                     refuse(Refused(StatusCode::UNAUTHORIZED, why.to_string()), &parts)
                 })?
@@ -774,4 +797,152 @@ async fn connect(
         }
     });
     Ok(Response::new(ClientBody::empty()))
+}
+
+/// The clock of hyper's header-read timeout: it counts only time this process had to read.
+///
+/// A process frozen (SIGSTOP, a VM paused) or starved for longer than [`STALL`] does not
+/// see that time pass: otherwise the timer of a connection waiting for its next request can
+/// fire on resume before the request that arrived meanwhile is read, and the client is reset.
+mod read_clock {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::task::{Context, Poll};
+    use std::time::{Duration, Instant};
+
+    /// How often the clock checks that the process runs.
+    const TICK: Duration = Duration::from_millis(100);
+    /// A gap between ticks longer than this is time the process did not run.
+    const STALL: Duration = Duration::from_secs(1);
+
+    /// Monotonic time minus the stalls seen.
+    pub struct ActiveClock {
+        base: Instant,
+        /// Nanoseconds from `base` to the last tick.
+        last_tick: AtomicU64,
+        /// Nanoseconds of stalls recorded by ticks.
+        stalled: AtomicU64,
+    }
+
+    fn nanos(d: Duration) -> u64 {
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    impl ActiveClock {
+        pub fn new() -> Arc<Self> {
+            Arc::new(ActiveClock {
+                base: Instant::now(),
+                last_tick: AtomicU64::new(0),
+                stalled: AtomicU64::new(0),
+            })
+        }
+
+        /// Now, less every stall (including one in progress that no tick has seen yet).
+        pub fn now(&self) -> Instant {
+            let real = Instant::now();
+            let since = nanos(real - self.base);
+            let gap = since.saturating_sub(self.last_tick.load(Ordering::Acquire));
+            let stalled = self.stalled.load(Ordering::Acquire) + gap.saturating_sub(nanos(STALL));
+            real.checked_sub(Duration::from_nanos(stalled))
+                .unwrap_or(self.base)
+        }
+
+        fn tick(&self) {
+            let since = nanos(self.base.elapsed());
+            let last = self.last_tick.load(Ordering::Acquire);
+            let stall = since.saturating_sub(last).saturating_sub(nanos(STALL));
+            self.stalled.fetch_add(stall, Ordering::AcqRel);
+            self.last_tick.store(since, Ordering::Release);
+        }
+
+        /// Ticks until the task is dropped.
+        pub async fn run(self: Arc<Self>) {
+            loop {
+                tokio::time::sleep(TICK).await;
+                self.tick();
+            }
+        }
+    }
+
+    /// A hyper timer whose deadlines are on the active clock.
+    #[derive(Clone)]
+    pub struct ActiveTimer(pub Arc<ActiveClock>);
+
+    struct ActiveSleep {
+        clock: Arc<ActiveClock>,
+        deadline: Instant,
+        sleep: Pin<Box<tokio::time::Sleep>>,
+    }
+
+    impl Future for ActiveSleep {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            loop {
+                let now = self.clock.now();
+                let Some(left) = self
+                    .deadline
+                    .checked_duration_since(now)
+                    .filter(|l| !l.is_zero())
+                else {
+                    return Poll::Ready(());
+                };
+                // Not yet in active time: wait (at least) the rest in real time, then look again.
+                let at = tokio::time::Instant::now() + left;
+                if self.sleep.deadline() < at {
+                    self.sleep.as_mut().reset(at);
+                }
+                if self.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    impl hyper::rt::Sleep for ActiveSleep {}
+
+    impl hyper::rt::Timer for ActiveTimer {
+        fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+            self.sleep_until(self.0.now() + duration)
+        }
+
+        fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+            let left = deadline.saturating_duration_since(self.0.now());
+            Box::pin(ActiveSleep {
+                clock: self.0.clone(),
+                deadline,
+                sleep: Box::pin(tokio::time::sleep(left)),
+            })
+        }
+
+        fn now(&self) -> Instant {
+            self.0.now()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_stall_does_not_count() {
+            // Last tick 3 s ago: 2 s of that (beyond STALL) did not run.
+            let c = ActiveClock {
+                base: Instant::now() - Duration::from_secs(3),
+                last_tick: AtomicU64::new(0),
+                stalled: AtomicU64::new(0),
+            };
+            let lag = Instant::now().saturating_duration_since(c.now());
+            assert!(lag >= Duration::from_millis(1990), "{lag:?}");
+            // Once a tick has seen it, the stall stays out of the clock.
+            c.tick();
+            let lag = Instant::now().saturating_duration_since(c.now());
+            assert!(lag >= Duration::from_millis(1990), "{lag:?}");
+            // Running time counts.
+            std::thread::sleep(Duration::from_millis(200));
+            let lag2 = Instant::now().saturating_duration_since(c.now());
+            assert!(lag2 < lag + Duration::from_millis(100), "{lag2:?}");
+        }
+    }
 }
