@@ -229,10 +229,14 @@ async fn peer_traffic_needs_the_secret() {
         .find(|r| r.state.settings.self_url.as_deref() == Some(owner.as_str()))
         .unwrap()
         .addr;
+    let mut signed_fields = http::HeaderMap::new();
+    signed_fields.insert("larder-hop", http::HeaderValue::from_static("x"));
     let sig = larder_core::hop::sign(
         "correct horse",
+        1,
         &http::Method::GET,
         &url,
+        &signed_fields,
         std::time::SystemTime::now(),
     );
     let ok = send(

@@ -67,6 +67,20 @@ pub struct PeerLink<'a> {
     pub proxy_path: &'a str,
 }
 
+/// A nonce no signature of this sender used before: a counter that starts at the boot time
+/// in microseconds, so a restarted peer never repeats one of its previous life.
+fn next_nonce() -> u64 {
+    static NEXT: std::sync::LazyLock<std::sync::atomic::AtomicU64> =
+        std::sync::LazyLock::new(|| {
+            let micros = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0);
+            std::sync::atomic::AtomicU64::new(micros)
+        });
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The URL a peer serves `target` at (the forwardcache-compatible door).
 pub fn peer_url(peer: &str, proxy_path: &str, target: &str) -> String {
     format!(
@@ -106,7 +120,7 @@ impl PeerLink<'_> {
                 HeaderValue::from_str(self.self_id).unwrap_or(HeaderValue::from_static("peer")),
             );
             if let Some(secret) = self.secret {
-                let v = sign(secret, method, target, SystemTime::now());
+                let v = sign(secret, next_nonce(), method, target, h, SystemTime::now());
                 h.insert(AUTH, HeaderValue::from_str(&v).expect("ascii"));
             }
             let b: Body = match body {

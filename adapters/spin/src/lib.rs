@@ -188,7 +188,7 @@ async fn serve(mut parts: request::Parts, body: Bytes, vars: Vars) -> Resp {
             secret,
             &parts.method,
             &target.to_string(),
-            parts.headers.get(hop::AUTH),
+            &parts.headers,
             now,
         )
     {
@@ -220,8 +220,14 @@ async fn serve(mut parts: request::Parts, body: Bytes, vars: Vars) -> Resp {
             h.remove(header::HOST);
             h.insert(hop::HOP, HeaderValue::from_static("larder-edge"));
             if let Some(secret) = &vars.secret
-                && let Ok(v) =
-                    HeaderValue::from_str(&hop::sign(secret, &parts.method, key.as_str(), now))
+                && let Ok(v) = HeaderValue::from_str(&hop::sign(
+                    secret,
+                    edge_nonce(now, key.as_str()),
+                    &parts.method,
+                    key.as_str(),
+                    h,
+                    now,
+                ))
             {
                 h.insert(hop::AUTH, v);
             }
@@ -382,4 +388,16 @@ async fn local(policy: &Policy, req: request::Parts, key: CacheKey, now: SystemT
         Err(why) => status.detail = Some(why.as_str()),
     }
     respond(head, body, &status, None, &req)
+}
+
+/// A nonce for a signature from this edge instance (a Spin instance lives for one request
+/// and keeps no counter): the clock in nanoseconds mixed with the key, so two requests share
+/// one only if they sign the same URL in the same nanosecond (the peer then refuses the
+/// second, which falls back to the next choice).
+fn edge_nonce(now: std::time::SystemTime, key: &str) -> u64 {
+    let nanos = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ xxhash_rust::xxh3::xxh3_64(key.as_bytes()).rotate_left(17)
 }
