@@ -116,3 +116,53 @@ fn far_future_clock_does_not_overflow() {
     assert_eq!(r.status(), 200);
     assert_eq!(s.engines[0].in_flight(), (0, 0));
 }
+
+/// An origin answering an unconditional fill with 304, or a fill without Range with 206,
+/// misbehaves: the client never asked for either. It gets a 502 that says why; nothing is
+/// stored.
+#[test]
+fn unsolicited_304_and_206_from_the_origin_are_502() {
+    for status in [304, 206] {
+        let mut s = Sim::single(move |_, _| {
+            Reply::ok(
+                "part",
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("content-range", "bytes 0-3/10"),
+                ],
+            )
+            .status(status)
+        });
+        let r = s.get(URL, &[]);
+        assert_eq!(r.status(), 502, "{status}: {}", r.cache_status());
+        assert!(
+            r.cache_status().contains("detail=origin-unsolicited"),
+            "{}",
+            r.cache_status()
+        );
+        assert!(s.stored.is_empty());
+        assert_eq!(s.engines[0].in_flight(), (0, 0));
+    }
+}
+
+/// A URL whose response varies on a field the client controls must not grow an unbounded
+/// list of variants that every request then walks.
+#[test]
+fn variants_per_url_are_bounded() {
+    let mut s = Sim::single(|req, _| {
+        let v = req.headers.get("x-v").unwrap().to_str().unwrap().to_owned();
+        Reply::ok(&v, &[("cache-control", "max-age=60"), ("vary", "x-v")])
+    });
+    for i in 0..200 {
+        s.get(URL, &[("x-v", &i.to_string())]);
+    }
+    assert!(
+        s.engines[0].stored_entries() <= larder_core::engine::MAX_VARIANTS,
+        "{} variants kept",
+        s.engines[0].stored_entries()
+    );
+    // The newest variants are the ones kept.
+    let r = s.get(URL, &[("x-v", "199")]);
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(r.text(), "199");
+}

@@ -65,6 +65,10 @@ impl Default for Config {
 /// Most URLs remembered as uncacheable at once.
 pub const HIT_FOR_MISS_MAX: usize = 16_384;
 
+/// Most Vary variants kept for one URL (the oldest goes first): a response that varies on a
+/// field clients choose freely must not grow a list every request for the URL then walks.
+pub const MAX_VARIANTS: usize = 32;
+
 /// A bad configuration value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -705,6 +709,18 @@ impl Engine {
                 }
             }
             FetchKind::Fill => {}
+        }
+        // A fill asks for the whole representation without conditions: a 304 or a 206 to
+        // it answers a question nobody asked, and must reach no client (nor the store).
+        let unsolicited = match head.status {
+            StatusCode::NOT_MODIFIED => Some("origin-unsolicited-304"),
+            StatusCode::PARTIAL_CONTENT => Some("origin-unsolicited-206"),
+            _ => None,
+        };
+        if let Some(detail) = unsolicited {
+            self.fail_waiting(fid, StatusCode::BAD_GATEWAY, detail);
+            self.drop_fetch(fid, true);
+            return;
         }
         let f = self.fetches.get_mut(&fid).expect("exists");
         f.declared = policy::content_length(&head.headers);

@@ -113,7 +113,15 @@ impl Store {
                         dropped.push(d);
                     }
                 }
-                self.variants.entry(key.clone()).or_default().push(id);
+                let ids = self.variants.entry(key.clone()).or_default();
+                ids.push(id);
+                let excess = ids.len().saturating_sub(super::MAX_VARIANTS);
+                let oldest: Vec<u64> = ids.iter().copied().take(excess).collect();
+                for old in oldest {
+                    if let Some(d) = self.remove(old) {
+                        dropped.push(d);
+                    }
+                }
                 self.entries.insert(
                     id,
                     Entry {
