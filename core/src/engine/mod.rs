@@ -1118,7 +1118,7 @@ impl Engine {
             };
             let mut s = CacheStatus::fwd(c.fwd).with_detail(detail);
             s.collapsed = c.collapsed;
-            self.respond_error(cid, status, s, format!("upstream failed: {detail}"));
+            self.respond_error(cid, status, s, format!("{} ({detail})", explain(detail)));
         }
     }
 
@@ -1155,6 +1155,26 @@ fn resolve_same_origin(base: &CacheKey, reference: &str) -> Option<CacheKey> {
         .starts_with(origin)
         .then_some(key)
         .filter(|k| k.as_str()[origin.len()..].starts_with('/'))
+}
+
+/// The sentence an error body gives for a `Cache-Status` detail token.
+fn explain(detail: &str) -> &'static str {
+    match detail {
+        "destination-not-allowed" => {
+            "the origin's address is not an allowed destination (loopback, link-local, \
+             unique-local, multicast and broadcast are refused; see --allow-destination)"
+        }
+        "origin-unreachable" => "could not connect to the origin",
+        "origin-timeout" => "the origin did not answer in time",
+        "origin-truncated" => "the origin's response ended early",
+        "origin-protocol-error" => "the origin did not answer with valid HTTP",
+        "origin-unsolicited-304" => "the origin answered an unconditional request with 304",
+        "origin-unsolicited-206" => "the origin answered a request without Range with 206",
+        "segment-status" | "segment-bad-content-range" | "segment-mismatch" => {
+            "the origin answered a range request inconsistently"
+        }
+        _ => "upstream failed",
+    }
 }
 
 fn split(d: Result<Stored, NotStored>) -> (Option<Stored>, Option<NotStored>) {
