@@ -605,8 +605,8 @@ fn port_text(u: &Uri) -> Option<String> {
 /// A port that is written but is no TCP port (1 to 65535): issue 8 (9).
 fn bad_port(u: &Uri) -> bool {
     port_text(u).is_some_and(|p| {
-        !p.is_empty()
-            && !(p.bytes().all(|b| b.is_ascii_digit()) && matches!(p.parse::<u16>(), Ok(1..)))
+        let valid = p.bytes().all(|b| b.is_ascii_digit()) && matches!(p.parse::<u16>(), Ok(1..));
+        !p.is_empty() && !valid
     })
 }
 

@@ -1003,7 +1003,8 @@ fn check_complete(
         || status == StatusCode::NO_CONTENT;
     if bodiless {
         // A cache-made error answer to HEAD carries its reason (the adapter drops it).
-        if !c.body.is_empty() && !(c.method == "HEAD" && c.full && !c.from_entry) {
+        let cache_made_error = c.method == "HEAD" && c.full && !c.from_entry;
+        if !c.body.is_empty() && !cache_made_error {
             return Err(fail(format!(
                 "{client:?}: body on a {status} to {}",
                 c.method

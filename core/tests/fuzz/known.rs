@@ -163,7 +163,7 @@ pub static ENGINE_CANCEL_AFTER_ERROR: Known = Known::new(
                 .0
         };
         let mut fetches = Vec::new();
-        let mut drain = |e: &mut Engine, fetches: &mut Vec<_>, cancels: &mut Vec<_>| {
+        let drain = |e: &mut Engine, fetches: &mut Vec<_>, cancels: &mut Vec<_>| {
             while let Some(o) = e.poll_output() {
                 match o {
                     Output::Fetch { fetch, .. } => fetches.push(fetch),
