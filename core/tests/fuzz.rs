@@ -11,7 +11,7 @@
 //! ```
 //!
 //! `LARDER_FUZZ_CASES` is the case count of each parser target; the engine target runs a
-//! tenth of it (each of its cases is a sequence of up to 60 inputs). Every case runs in a
+//! quarter of it (each of its cases is a sequence of up to 60 inputs). Every case runs in a
 //! forked child with a time limit, so an abort (allocation failure) or a hang is reported
 //! with its input, shrunk, instead of killing the run. Failing seeds are saved beside this
 //! file (`*.proptest-regressions`) and replayed first on the next run.
@@ -45,7 +45,7 @@ pub fn cases() -> u32 {
     std::env::var("LARDER_FUZZ_CASES")
         .ok()
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(3000)
+        .unwrap_or(10_000)
 }
 
 /// The proptest settings every target uses: `n` cases, each in a forked child with a time
@@ -824,7 +824,7 @@ proptest! {
 // ---- 8. the engine (fuzz/engine.rs) and the known bugs (fuzz/known.rs) -----------------
 
 proptest! {
-    #![proptest_config(config((cases() / 10).max(1)))]
+    #![proptest_config(config((cases() / 4).max(1)))]
 
     /// The engine driven by random input sequences (see `fuzz/engine.rs`).
     #[test]

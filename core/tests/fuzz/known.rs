@@ -227,7 +227,169 @@ pub static ENGINE_CANCEL_AFTER_ERROR: Known = Known::new(
     },
 );
 
-pub static ALL: [&Known; 5] = [
+/// A whole entry stored from an answer without Content-Length (chunked) gets its length
+/// added at store time, but a 304 revalidation replaces the head with the policy's merge of
+/// the original answer and the 304: the refreshed entry is served without Content-Length.
+pub static ENGINE_304_DROPS_LENGTH: Known = Known::new(
+    "F-engine-304-drops-length",
+    "after a 304, a chunked-origin entry is served with no Content-Length (core/src/engine/mod.rs on_head Revalidate: entry.head = merged)",
+    || {
+        use larder_core::{ClientId, Config, Engine, Input, Output, ResponseBody, Route};
+        fn outs(e: &mut Engine) -> Vec<Output> {
+            std::iter::from_fn(|| e.poll_output()).collect()
+        }
+        fn fetch(o: &[Output]) -> Option<larder_core::FetchId> {
+            o.iter().find_map(|o| match o {
+                Output::Fetch { fetch, .. } => Some(*fetch),
+                _ => None,
+            })
+        }
+        let get = || {
+            http::Request::get("http://origin.test/a")
+                .body(())
+                .expect("valid")
+                .into_parts()
+                .0
+        };
+        let res = |status: u16, cc: &str| {
+            http::Response::builder()
+                .status(status)
+                .header("etag", "\"v1\"")
+                .header("cache-control", cc)
+                .body(())
+                .expect("valid")
+                .into_parts()
+                .0
+        };
+        let mut e = Engine::new(Config::default()).expect("default config");
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        e.handle_input(
+            t,
+            Input::Request {
+                client: ClientId(0),
+                head: get(),
+                route: Route::ByRing,
+            },
+        );
+        let Some(f0) = fetch(&outs(&mut e)) else {
+            return false;
+        };
+        e.handle_input(
+            t,
+            Input::UpstreamHead {
+                fetch: f0,
+                head: res(200, "max-age=1"),
+            },
+        );
+        e.handle_input(
+            t,
+            Input::UpstreamBody {
+                fetch: f0,
+                chunk: bytes::Bytes::from_static(b"hello"),
+            },
+        );
+        e.handle_input(t, Input::UpstreamEnd { fetch: f0 });
+        outs(&mut e);
+        let t = t + std::time::Duration::from_secs(5);
+        e.handle_input(
+            t,
+            Input::Request {
+                client: ClientId(1),
+                head: get(),
+                route: Route::ByRing,
+            },
+        );
+        let Some(f1) = fetch(&outs(&mut e)) else {
+            return false;
+        };
+        e.handle_input(
+            t,
+            Input::UpstreamHead {
+                fetch: f1,
+                head: res(304, "max-age=100"),
+            },
+        );
+        outs(&mut e).iter().any(|o| {
+            matches!(o, Output::Respond { head, body: ResponseBody::Full(b), .. }
+            if !b.is_empty() && !head.headers.contains_key("content-length"))
+        })
+    },
+);
+
+/// `Range: bytes=N-` on an object not yet known is planned as the one segment holding N;
+/// the client's 206 head says `N-(total-1)` (Content-Length total-N), and when that one
+/// segment ends the client gets `End`: a truncated body delivered as complete. With the
+/// default 2 MiB segments this is any `bytes=N-` on an uncached object over 2 MiB.
+pub static ENGINE_OPEN_RANGE_TRUNCATED: Known = Known::new(
+    "F-engine-open-range-truncated",
+    "segment size 4, `bytes=1-` of a 10-byte object: 206 Content-Length 9, 3 bytes, End (core/src/engine/mod.rs try_segment + on_end)",
+    || {
+        use larder_core::{ClientId, Config, Engine, Input, Output, Route};
+        let mut e = Engine::new(Config {
+            segment_size: Some(4),
+            ..Config::default()
+        })
+        .expect("valid config");
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let head = http::Request::get("http://origin.test/a")
+            .header("range", "bytes=1-")
+            .body(())
+            .expect("valid")
+            .into_parts()
+            .0;
+        e.handle_input(
+            t,
+            Input::Request {
+                client: ClientId(0),
+                head,
+                route: Route::ByRing,
+            },
+        );
+        let outs: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+        let Some(fetch) = outs.iter().find_map(|o| match o {
+            Output::Fetch { fetch, .. } => Some(*fetch),
+            _ => None,
+        }) else {
+            return false;
+        };
+        let res = http::Response::builder()
+            .status(206)
+            .header("content-range", "bytes 0-3/10")
+            .header("content-length", "4")
+            .body(())
+            .expect("valid")
+            .into_parts()
+            .0;
+        e.handle_input(t, Input::UpstreamHead { fetch, head: res });
+        e.handle_input(
+            t,
+            Input::UpstreamBody {
+                fetch,
+                chunk: bytes::Bytes::from_static(b"abcd"),
+            },
+        );
+        e.handle_input(t, Input::UpstreamEnd { fetch });
+        let (mut declared, mut got, mut ended) = (None, 0usize, false);
+        while let Some(o) = e.poll_output() {
+            match o {
+                Output::Respond { head, .. } => {
+                    declared = head
+                        .headers
+                        .get("content-length")
+                        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                }
+                Output::Body { chunk, .. } => got += chunk.len(),
+                Output::End { .. } => ended = true,
+                _ => {}
+            }
+        }
+        ended && declared.is_some_and(|d| d != got)
+    },
+);
+
+pub static ALL: [&Known; 7] = [
+    &ENGINE_OPEN_RANGE_TRUNCATED,
+    &ENGINE_304_DROPS_LENGTH,
     &ENGINE_CANCEL_AFTER_ERROR,
     &KEY_BAD_PORT,
     &KEY_EMPTY_HOST,
