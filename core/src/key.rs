@@ -22,6 +22,8 @@ pub enum KeyError {
     UnsupportedScheme,
     /// The port is not a number from 1 to 65535 (`http://h:99999/` is not port 80).
     BadPort,
+    /// No host (`http://:80/`): nothing to connect to, and no URI to key on.
+    EmptyHost,
 }
 
 impl fmt::Display for KeyError {
@@ -30,6 +32,7 @@ impl fmt::Display for KeyError {
             KeyError::NotAbsolute => "request target is not an absolute http(s) URI",
             KeyError::UnsupportedScheme => "only http and https URIs can be proxied",
             KeyError::BadPort => "the port must be a number from 1 to 65535",
+            KeyError::EmptyHost => "the request target has no host",
         })
     }
 }
@@ -68,6 +71,9 @@ impl CacheKey {
             _ => return Err(KeyError::UnsupportedScheme),
         };
         let host = authority.host().to_ascii_lowercase();
+        if host.is_empty() {
+            return Err(KeyError::EmptyHost);
+        }
         let pq_len = uri.path_and_query().map_or(1, |p| p.as_str().len());
         let mut out = String::with_capacity(scheme.len() + 3 + authority.as_str().len() + pq_len);
         out.push_str(&scheme);
@@ -177,6 +183,12 @@ mod tests {
         assert_eq!(key("http://h:65535/a").unwrap(), "http://h:65535/a");
         assert_eq!(key("http://[::1]:8080/").unwrap(), "http://[::1]:8080/");
         assert_eq!(key("http://[::1]/").unwrap(), "http://[::1]/");
+    }
+
+    #[test]
+    fn empty_hosts_are_refused() {
+        assert_eq!(key("http://:80/"), Err(KeyError::EmptyHost));
+        assert_eq!(key("http://u@:1/"), Err(KeyError::EmptyHost));
     }
 
     #[test]

@@ -146,14 +146,17 @@ impl Segments {
             },
             None if specs.iter().any(|s| matches!(s, RangeSpec::Suffix(_))) => Plan::NeedLength,
             None => {
-                // Without the length, open ends reach to the end of the *first* segment they
-                // touch; the first answer tells the length and the caller plans again.
+                // Without the length, an open end reaches as far as the object may go: such
+                // a plan is never one segment, and the caller fetches the whole object (a
+                // one-segment answer would cut `bytes=0-` short at the segment's end).
                 let ranges: Vec<ByteRange> = specs
                     .iter()
                     .map(|s| match *s {
                         RangeSpec::FromTo(a, b) => ByteRange { start: a, end: b },
-                        RangeSpec::From(a) => ByteRange { start: a, end: a },
-                        RangeSpec::Suffix(_) => unreachable!("handled above"),
+                        RangeSpec::From(a) | RangeSpec::Suffix(a) => ByteRange {
+                            start: a,
+                            end: u64::MAX,
+                        },
                     })
                     .collect();
                 Plan::Segments(self.covering(&ranges))
@@ -256,8 +259,15 @@ mod tests {
             seg().plan(&parse("bytes=-5").unwrap(), None),
             Plan::NeedLength
         );
+        // An open range on an unknown length may reach past its first segment: not one.
         assert_eq!(
             seg().plan(&parse("bytes=3000000-").unwrap(), None).single(),
+            None
+        );
+        assert_eq!(
+            seg()
+                .plan(&parse("bytes=3000000-3000009").unwrap(), None)
+                .single(),
             Some(1)
         );
     }

@@ -166,3 +166,72 @@ fn variants_per_url_are_bounded() {
     assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
     assert_eq!(r.text(), "199");
 }
+
+/// `Range: bytes=N-` on an uncached object larger than a segment was planned as the one
+/// segment holding N: the 206 head promised the whole tail, the stream ended after one
+/// segment (found by the engine fuzz target).
+#[test]
+fn open_ranges_on_unknown_lengths_are_never_cut_at_a_segment() {
+    let cfg = Config {
+        segment_size: Some(4),
+        ..Config::default()
+    };
+    let mut s = Sim::new(1, cfg, |_, _| {
+        Reply::ok(
+            "0123456789",
+            &[("cache-control", "max-age=60"), ("etag", "\"v\"")],
+        )
+    });
+    for (i, (range, want, cr)) in [
+        ("bytes=1-", "123456789", "bytes 1-9/10"),
+        ("bytes=0-", "0123456789", "bytes 0-9/10"),
+        ("bytes=5-", "56789", "bytes 5-9/10"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let url = format!("{URL}{i}");
+        let r = s.get(&url, &[("range", range)]);
+        assert_eq!(r.status(), 206, "{range}");
+        assert!(r.complete(), "{range}");
+        assert_eq!(r.header("content-range").as_deref(), Some(cr), "{range}");
+        assert_eq!(r.header("content-length"), Some(want.len().to_string()));
+        assert_eq!(r.text(), want, "{range}");
+    }
+    // A bounded range inside one segment still costs one segment fetch.
+    let r = s.get(&format!("{URL}b"), &[("range", "bytes=5-6")]);
+    assert_eq!((r.status(), r.text().as_str()), (206, "56"));
+    assert_eq!(
+        s.origin_log.last().unwrap().1.headers.get("range").unwrap(),
+        "bytes=4-7"
+    );
+}
+
+/// An origin `Content-Length` that is not one valid number cannot frame the body: 502, not a
+/// response whose head contradicts what it carries.
+#[test]
+fn invalid_content_length_from_the_origin_is_502() {
+    for cl in ["18446744073709551616", "10, 11", "-1", "abc"] {
+        let mut s = Sim::single(move |_, _| Reply::ok("", &[("cache-control", "max-age=60")]));
+        // The sim writes its own Content-Length; replace it with the hostile one.
+        let id = s.send(0, "GET", URL, &[]);
+        let (at, fetch, req) = s.take_pending().expect("a fill");
+        let mut head = http::Response::builder()
+            .status(200)
+            .header("cache-control", "max-age=60")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        for v in cl.split(", ") {
+            head.headers.append("content-length", v.parse().unwrap());
+        }
+        let _ = req;
+        s.input(at, larder_core::Input::UpstreamHead { fetch, head });
+        let r = &s.results[&id];
+        assert_eq!(r.status(), 502, "{cl}");
+        assert!(r.cache_status().contains("origin-protocol-error"), "{cl}");
+        assert!(s.stored.is_empty());
+        assert_eq!(s.engines[0].in_flight(), (0, 0), "{cl}");
+    }
+}

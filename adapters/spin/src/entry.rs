@@ -6,6 +6,9 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, request, response};
 
+/// Most header fields an entry may hold (hyper refuses heads with more than 100).
+const MAX_FIELDS: usize = 1024;
+
 const MAGIC: &[u8] = b"LARDER-KV 1\n";
 
 #[derive(Debug)]
@@ -41,6 +44,11 @@ impl<'a> Reader<'a> {
     }
     fn headers(&mut self) -> Option<HeaderMap> {
         let n: usize = self.text()?.parse().ok()?;
+        // A corrupt count must not size an allocation (HeaderMap panics past 32768): an
+        // entry never holds more fields than a response head may carry.
+        if n > MAX_FIELDS {
+            return None;
+        }
         let mut h = HeaderMap::with_capacity(n);
         for _ in 0..n {
             let l = self.line()?;

@@ -617,13 +617,20 @@ impl Engine {
                         let entry = self.store.get_mut(variant).expect("checked");
                         entry.stored = *stored;
                         entry.head = merged;
+                        // The merged head comes from the policy's copy of the response as it
+                        // arrived (a chunked one had no length); the stored body has one.
+                        let len = entry.body.len();
+                        entry
+                            .head
+                            .headers
+                            .insert(header::CONTENT_LENGTH, len.into());
                         self.store.touch(variant);
                         self.finish_from_entry(fid, variant, true);
                         return;
                     }
                 }
                 if head.status.is_server_error()
-                    && self.serve_stale_on_error(fid, variant, "stale-if-error")
+                    && self.serve_stale_on_error(fid, variant, "stale-if-error", true)
                 {
                     return;
                 }
@@ -709,6 +716,13 @@ impl Engine {
                 }
             }
             FetchKind::Fill => {}
+        }
+        // RFC 9112 §6.3: a Content-Length that is not one valid number cannot frame the
+        // body; relaying it would end a response at a length its head contradicts.
+        if !content_length_valid(&head.headers) {
+            self.fail_waiting(fid, StatusCode::BAD_GATEWAY, "origin-protocol-error");
+            self.drop_fetch(fid, true);
+            return;
         }
         // A fill asks for the whole representation without conditions: a 304 or a 206 to
         // it answers a question nobody asked, and must reach no client (nor the store).
@@ -875,7 +889,7 @@ impl Engine {
         };
         if f.head.is_none() {
             if let FetchKind::Revalidate { variant } = f.kind {
-                if self.serve_stale_on_error(fid, variant, "stale-if-error") {
+                if self.serve_stale_on_error(fid, variant, "stale-if-error", false) {
                     return;
                 }
             }
@@ -1007,7 +1021,16 @@ impl Engine {
         self.flights.insert(key, fid);
     }
 
-    fn serve_stale_on_error(&mut self, fid: FetchId, variant: u64, detail: &'static str) -> bool {
+    /// Answers a failed fetch's clients from a stale entry when every one of them allows it.
+    /// `cancel`: the fetch is still running (an error status) and must be stopped; after an
+    /// `UpstreamError` it has already ended and the adapter must hear nothing more of it.
+    fn serve_stale_on_error(
+        &mut self,
+        fid: FetchId,
+        variant: u64,
+        detail: &'static str,
+        cancel: bool,
+    ) -> bool {
         let Some(entry) = self.store.get(variant) else {
             return false;
         };
@@ -1023,7 +1046,7 @@ impl Engine {
         }
         let status = f.upstream_status;
         let staleness = self.now_staleness(variant);
-        self.drop_fetch(fid, true);
+        self.drop_fetch(fid, cancel);
         for cid in clients {
             let mut s = CacheStatus::hit(-staleness);
             s.fwd = Some(Fwd::Stale);
@@ -1155,6 +1178,28 @@ fn resolve_same_origin(base: &CacheKey, reference: &str) -> Option<CacheKey> {
         .starts_with(origin)
         .then_some(key)
         .filter(|k| k.as_str()[origin.len()..].starts_with('/'))
+}
+
+/// Absent, or every field line one valid number and all equal (RFC 9110 §8.6).
+fn content_length_valid(h: &http::HeaderMap) -> bool {
+    let mut seen: Option<u64> = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        let Ok(text) = v.to_str() else { return false };
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return false;
+            }
+            let Ok(n) = part.parse::<u64>() else {
+                return false;
+            };
+            if seen.is_some_and(|s| s != n) {
+                return false;
+            }
+            seen = Some(n);
+        }
+    }
+    true
 }
 
 /// The sentence an error body gives for a `Cache-Status` detail token.

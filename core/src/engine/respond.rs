@@ -206,11 +206,20 @@ impl Engine {
             ),
             Shape::Head => (clone_response(head), None, ResponseBody::Empty),
             Shape::Unsatisfiable => (unsatisfiable(total.unwrap_or(0)), None, ResponseBody::Empty),
-            Shape::Single(r) => (
-                partial(head, r, total.unwrap_or(0)),
-                Some(r),
-                ResponseBody::Stream,
-            ),
+            Shape::Single(mut r) => {
+                // A segment fetch holds only its segment's bytes: a range reaching past them
+                // is answered with the part it holds (its Content-Range says so), never a
+                // head that promises more than the stream will carry.
+                if let (super::FetchKind::Segment { .. }, Some(held)) = (f.kind, f.declared) {
+                    let last = f.base.saturating_add(held).saturating_sub(1);
+                    r.end = r.end.min(last).max(r.start);
+                }
+                (
+                    partial(head, r, total.unwrap_or(0)),
+                    Some(r),
+                    ResponseBody::Stream,
+                )
+            }
             Shape::Whole | Shape::Multi(_) => {
                 // A segment fetch only serves its planned range; anything else is a 200.
                 (clone_response(head), None, ResponseBody::Stream)

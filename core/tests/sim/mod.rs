@@ -299,6 +299,11 @@ impl Sim {
         }
     }
 
+    /// Takes the first pending fetch for the test to answer by hand.
+    pub fn take_pending(&mut self) -> Option<(usize, FetchId, request::Parts)> {
+        self.pending.pop_front()
+    }
+
     /// Lets the origin answer everything pending, repeatedly, until the system is idle.
     pub fn run(&mut self) {
         while let Some((at, fetch, req)) = self.pending.pop_front() {
