@@ -235,3 +235,36 @@ fn invalid_content_length_from_the_origin_is_502() {
         assert_eq!(s.engines[0].in_flight(), (0, 0), "{cl}");
     }
 }
+
+/// The object changed length between two segment fetches (34 → 31 bytes): a suffix range
+/// planned on the old length fell outside the one segment fetched, and the 206 promised 4
+/// bytes while carrying 1 (found by a long engine fuzz run). The answer now never promises
+/// more than it carries, and the old version's segments are dropped.
+#[test]
+fn a_changed_object_never_yields_a_short_206_or_a_mixed_plan() {
+    let cfg = Config {
+        segment_size: Some(5),
+        ..Config::default()
+    };
+    let mut s = Sim::new(1, cfg, |_, n| {
+        let body = if n == 0 { "a".repeat(34) } else { "b".repeat(31) };
+        Reply::ok(&body, &[("cache-control", "max-age=60")])
+    });
+    let r = s.get(URL, &[("range", "bytes=0-3")]);
+    assert_eq!((r.status(), r.text().as_str()), (206, "aaaa"));
+    let r = s.get(URL, &[("range", "bytes=-4")]);
+    let len: usize = r.header("content-length").unwrap().parse().unwrap();
+    assert!(r.complete());
+    assert_eq!(r.body.len(), len, "{:?}", r.header("content-range"));
+    if r.status() == 206 {
+        assert!(r.text().chars().all(|c| c == 'b'), "{}", r.text());
+    }
+    assert!(
+        s.evicted.iter().any(|(_, k, _)| k.ends_with("#seg=0")),
+        "the old version's segment is dropped: {:?}",
+        s.evicted
+    );
+    // Planned on the new length now: the last 4 bytes, all of them.
+    let r = s.get(URL, &[("range", "bytes=-4")]);
+    assert_eq!((r.status(), r.text().as_str()), (206, "bbbb"));
+}

@@ -670,6 +670,9 @@ impl Engine {
                         f.storing = storing;
                         f.not_stored = not_stored;
                         view.headers.insert(header::CONTENT_LENGTH, total.into());
+                        let object = f.object_key.clone();
+                        self.drop_other_versions(&object, total, &view.headers);
+                        let f = self.fetches.get_mut(&fid).expect("exists");
                         f.head = Some(view);
                         self.after_head(fid);
                         return;
@@ -1055,6 +1058,37 @@ impl Engine {
             self.answer_from_entry(cid, variant, s);
         }
         true
+    }
+
+    /// A segment answer describes the object as it is now: stored segments of another
+    /// length or validator belong to another version and are dropped, so no later plan (or
+    /// response) mixes the two.
+    fn drop_other_versions(&mut self, object: &CacheKey, total: u64, now: &http::HeaderMap) {
+        let Some(ix) = self.segments_of.get(object) else {
+            return;
+        };
+        let has_validator = |h: &http::HeaderMap| {
+            h.contains_key(header::ETAG) || h.contains_key(header::LAST_MODIFIED)
+        };
+        let other: Vec<u64> = ix
+            .iter()
+            .copied()
+            .filter(|i| {
+                self.store.variants(&object.segment(*i)).iter().any(|id| {
+                    self.store.get(*id).is_some_and(|e| {
+                        e.total != Some(total)
+                            || ((has_validator(&e.head.headers) || has_validator(now))
+                                && !segment::same_representation(&e.head.headers, now))
+                    })
+                })
+            })
+            .collect();
+        for i in other {
+            for (key, bytes) in self.store.remove_key(&object.segment(i)) {
+                self.forget_segment(&key);
+                self.outputs.push_back(Output::Evicted { key, bytes });
+            }
+        }
     }
 
     /// A segment entry left the store: drop it from its object's index.

@@ -209,10 +209,24 @@ impl Engine {
             Shape::Single(mut r) => {
                 // A segment fetch holds only its segment's bytes: a range reaching past them
                 // is answered with the part it holds (its Content-Range says so), never a
-                // head that promises more than the stream will carry.
+                // head that promises more than the stream will carry. If the object changed
+                // length since the plan, the range may miss the segment altogether.
                 if let (super::FetchKind::Segment { .. }, Some(held)) = (f.kind, f.declared) {
                     let last = f.base.saturating_add(held).saturating_sub(1);
-                    r.end = r.end.min(last).max(r.start);
+                    r.start = r.start.max(f.base);
+                    r.end = r.end.min(last);
+                    if r.start > r.end || held == 0 {
+                        let mut s = status;
+                        s.detail = Some("segment-mismatch");
+                        self.respond_error(
+                            cid,
+                            StatusCode::BAD_GATEWAY,
+                            s,
+                            "the object changed while its range was fetched (segment-mismatch)"
+                                .into(),
+                        );
+                        return;
+                    }
                 }
                 (
                     partial(head, r, total.unwrap_or(0)),
