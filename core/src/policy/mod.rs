@@ -395,7 +395,7 @@ impl Policy {
                 NotStored::Status(res.status.as_u16())
             });
         }
-        let ttl = policy.time_to_live(now);
+        let ttl = bounded_ttl(&policy, now);
         let has_validator = res.headers.contains_key(header::ETAG)
             || res.headers.contains_key(header::LAST_MODIFIED);
         if ttl.is_zero() && !has_validator {
@@ -518,7 +518,7 @@ impl Policy {
                 // The crate rewrites Date and Age for a response it would send; we keep the
                 // stored copy's fields and compute Age when serving.
                 head.headers.remove(header::AGE);
-                let ttl = policy.time_to_live(now);
+                let ttl = bounded_ttl(&policy, now);
                 let res_cc = Directives::parse(&head.headers);
                 let max_age = ttl.saturating_add(policy.age(now));
                 let stored = Stored {
@@ -681,6 +681,16 @@ fn cc_len(h: &HeaderMap) -> u64 {
         .iter()
         .map(|v| v.len() as u64 + 64)
         .sum()
+}
+
+/// The crate's freshness left, at most 2^31 s (RFC 9111 §1.2.2). Delta-seconds are clamped
+/// before the crate sees them, but its comma split is not quote-aware: a value such as
+/// `s-maxage=", max-age=18446744073709551615` still reaches it whole. Bounding what it
+/// returns keeps every decision consistent with the saturated instants stored.
+fn bounded_ttl(policy: &CachePolicy, now: SystemTime) -> Duration {
+    policy
+        .time_to_live(now)
+        .min(Duration::from_secs(crate::time::DELTA_SECONDS_MAX))
 }
 
 /// Directives whose argument is delta-seconds (RFC 9111 §5.2, RFC 5861).

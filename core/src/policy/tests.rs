@@ -636,3 +636,38 @@ fn age_header_is_parsed_strictly() {
         assert!(!fresh_after(stale), "{stale:?} should be stale");
     }
 }
+
+/// Found by the 1M-case fuzz run: an unbalanced quote hides `max-age` from Larder's own
+/// (quote-aware) splitter but not from the crate's, so the crate's lifetime was unclamped and
+/// a min-TTL of more than 2^31 s let the response be stored with a 2^31 s lifetime.
+#[test]
+fn freshness_is_bounded_whatever_the_parsers_see() {
+    // Private mode: `s-maxage` does not apply, so the crate reads `max-age` (in shared mode
+    // the broken `s-maxage` gives a lifetime of 0).
+    let policy = Policy::new(PolicyConfig {
+        min_ttl: Duration::from_secs(u64::MAX),
+        mode: CacheMode::Private,
+        ..PolicyConfig::default()
+    });
+    let req = http::Request::get("http://o.test/a")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let mut res = http::Response::builder()
+        .header(
+            "cache-control",
+            "s-maxage=\", max-age=18446744073709551615, ",
+        )
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    policy.prepare_response(&mut res);
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    match policy.storable(&req, &res, now) {
+        Err(NotStored::BelowMinTtl) => {}
+        Ok(s) => panic!("stored with ttl {:?} under a min-ttl of 2^64 s", s.ttl(now)),
+        Err(e) => panic!("unexpected refusal {e:?}"),
+    }
+}
