@@ -247,7 +247,11 @@ fn a_changed_object_never_yields_a_short_206_or_a_mixed_plan() {
         ..Config::default()
     };
     let mut s = Sim::new(1, cfg, |_, n| {
-        let body = if n == 0 { "a".repeat(34) } else { "b".repeat(31) };
+        let body = if n == 0 {
+            "a".repeat(34)
+        } else {
+            "b".repeat(31)
+        };
         Reply::ok(&body, &[("cache-control", "max-age=60")])
     });
     let r = s.get(URL, &[("range", "bytes=0-3")]);
