@@ -160,6 +160,15 @@ pub fn parse_content_range(value: &str) -> Option<(ByteRange, Option<u64>)> {
     Some((ByteRange { start, end }, total))
 }
 
+/// `Content-Range: bytes */total` of a 416: the representation's length.
+pub fn parse_unsatisfied_range(value: &str) -> Option<u64> {
+    let total = value.trim().strip_prefix("bytes */")?.trim();
+    if total.is_empty() || !total.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    total.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +278,15 @@ mod tests {
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((br, None)));
         assert_eq!(parse_content_range("bytes 5-100/100"), None);
         assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_unsatisfied_range("bytes */100"), Some(100));
+        for bad in [
+            "bytes */",
+            "bytes */-1",
+            "bytes */+1",
+            "bytes 0-1/2",
+            "bytes */99999999999999999999",
+        ] {
+            assert_eq!(parse_unsatisfied_range(bad), None, "{bad}");
+        }
     }
 }

@@ -26,13 +26,6 @@ pub struct Span {
     pub last: u64,
 }
 
-impl Span {
-    /// Segments in the span (saturating).
-    pub fn count(&self) -> u64 {
-        self.last.saturating_sub(self.first).saturating_add(1)
-    }
-}
-
 /// Which segments a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
@@ -153,8 +146,13 @@ impl Segments {
                     .iter()
                     .map(|s| match *s {
                         RangeSpec::FromTo(a, b) => ByteRange { start: a, end: b },
-                        RangeSpec::From(a) | RangeSpec::Suffix(a) => ByteRange {
+                        RangeSpec::From(a) => ByteRange {
                             start: a,
+                            end: u64::MAX,
+                        },
+                        // Answered by NeedLength above.
+                        RangeSpec::Suffix(_) => ByteRange {
+                            start: 0,
                             end: u64::MAX,
                         },
                     })

@@ -353,6 +353,38 @@ proptest! {
 proptest! {
     #![proptest_config(config(cases()))]
 
+    /// Content-Length on raw bytes and hostile numbers: one parser for framing and reading.
+    #[test]
+    fn content_length_any(
+        values in proptest::collection::vec(
+            prop_oneof![
+                hostile::number_text().prop_map(String::into_bytes),
+                (hostile::number_text(), hostile::number_text())
+                    .prop_map(|(a, b)| format!("{a}, {b}").into_bytes()),
+                hostile::header_bytes(),
+            ],
+            0..3,
+        ),
+    ) {
+        let mut h = HeaderMap::new();
+        for v in &values {
+            if let Ok(v) = http::HeaderValue::from_bytes(v) {
+                h.append(http::header::CONTENT_LENGTH, v);
+            }
+        }
+        // One parser: the framing check and the plain reading never disagree, and a length
+        // is accepted only when every member of every line spells that very number.
+        let declared = policy::declared_length(&h);
+        prop_assert_eq!(policy::content_length(&h), declared.ok().flatten());
+        if let Ok(Some(n)) = declared {
+            for v in h.get_all(http::header::CONTENT_LENGTH) {
+                for part in v.to_str().expect("valid means text").split(',') {
+                    prop_assert_eq!(part.trim().parse::<u64>().ok(), Some(n));
+                }
+            }
+        }
+    }
+
     /// Directive parsing on raw bytes and hostile values: no panic, values only for
     /// directives present, and `seconds` agrees with the first occurrence of the name.
     #[test]

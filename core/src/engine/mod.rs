@@ -10,6 +10,7 @@ mod respond;
 mod store;
 
 pub use io::{ClientId, FetchId, Input, Output, ResponseBody, Route, UpstreamError};
+pub use respond::error_response;
 pub use store::Entry;
 
 use crate::cache_status::{CacheStatus, Fwd};
@@ -697,8 +698,7 @@ impl Engine {
                             .headers
                             .get(header::CONTENT_RANGE)
                             .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.trim().strip_prefix("bytes */"))
-                            .and_then(|t| t.trim().parse::<u64>().ok());
+                            .and_then(range::parse_unsatisfied_range);
                         let clients = std::mem::take(&mut f.clients);
                         self.drop_fetch(fid, true);
                         for cid in clients {
@@ -722,11 +722,11 @@ impl Engine {
         }
         // RFC 9112 §6.3: a Content-Length that is not one valid number cannot frame the
         // body; relaying it would end a response at a length its head contradicts.
-        if !content_length_valid(&head.headers) {
+        let Ok(declared) = policy::declared_length(&head.headers) else {
             self.fail_waiting(fid, StatusCode::BAD_GATEWAY, "origin-protocol-error");
             self.drop_fetch(fid, true);
             return;
-        }
+        };
         // A fill asks for the whole representation without conditions: a 304 or a 206 to
         // it answers a question nobody asked, and must reach no client (nor the store).
         let unsolicited = match head.status {
@@ -740,7 +740,7 @@ impl Engine {
             return;
         }
         let f = self.fetches.get_mut(&fid).expect("exists");
-        f.declared = policy::content_length(&head.headers);
+        f.declared = declared;
         f.total = f.declared;
         let (storing, not_stored) = split(self.policy.storable(&f.sent, &head, now));
         f.storing = storing;
@@ -1212,28 +1212,6 @@ fn resolve_same_origin(base: &CacheKey, reference: &str) -> Option<CacheKey> {
         .starts_with(origin)
         .then_some(key)
         .filter(|k| k.as_str()[origin.len()..].starts_with('/'))
-}
-
-/// Absent, or every field line one valid number and all equal (RFC 9110 §8.6).
-fn content_length_valid(h: &http::HeaderMap) -> bool {
-    let mut seen: Option<u64> = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        let Ok(text) = v.to_str() else { return false };
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return false;
-            }
-            let Ok(n) = part.parse::<u64>() else {
-                return false;
-            };
-            if seen.is_some_and(|s| s != n) {
-                return false;
-            }
-            seen = Some(n);
-        }
-    }
-    true
 }
 
 /// The sentence an error body gives for a `Cache-Status` detail token.

@@ -59,15 +59,40 @@ fn set_status_headers(head: &mut response::Parts, status: &CacheStatus, age: Opt
     );
 }
 
-fn unsatisfiable(total: u64) -> response::Parts {
+/// 416, with `Content-Range: bytes */total` when the length is known.
+fn unsatisfiable(total: Option<u64>) -> response::Parts {
     let mut out = http::Response::new(()).into_parts().0;
     out.status = StatusCode::RANGE_NOT_SATISFIABLE;
-    out.headers.insert(
-        header::CONTENT_RANGE,
-        format!("bytes */{total}").parse().expect("ascii"),
-    );
+    if let Some(total) = total {
+        out.headers.insert(
+            header::CONTENT_RANGE,
+            format!("bytes */{total}").parse().expect("ascii"),
+        );
+    }
     out.headers.insert(header::CONTENT_LENGTH, 0.into());
     out
+}
+
+/// A response the cache makes itself: `code`, a one-line reason as a plain-text body,
+/// never stored downstream, with its `Cache-Status`.
+pub fn error_response(
+    code: StatusCode,
+    status: &CacheStatus,
+    reason: &str,
+) -> (response::Parts, Bytes) {
+    let body = Bytes::from(format!("{reason}\n"));
+    let mut head = http::Response::new(()).into_parts().0;
+    head.status = code;
+    head.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    head.headers
+        .insert(header::CONTENT_LENGTH, body.len().into());
+    head.headers
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    set_status_headers(&mut head, status, None);
+    (head, body)
 }
 
 fn partial(head: &response::Parts, r: ByteRange, total: u64) -> response::Parts {
@@ -159,7 +184,7 @@ impl Engine {
                 ResponseBody::Empty,
             ),
             Shape::Head => (whole, ResponseBody::Empty),
-            Shape::Unsatisfiable => (unsatisfiable(total), ResponseBody::Empty),
+            Shape::Unsatisfiable => (unsatisfiable(Some(total)), ResponseBody::Empty),
             Shape::Single(r) if held.contains(&r.start) && held.contains(&r.end) => {
                 let slice = e
                     .body
@@ -172,7 +197,7 @@ impl Engine {
             }
             _ if e.total.is_none() => (whole, ResponseBody::Full(e.body.clone())),
             // A segment cannot serve what lies outside it; planning never asks it to.
-            _ => (unsatisfiable(total), ResponseBody::Empty),
+            _ => (unsatisfiable(Some(total)), ResponseBody::Empty),
         };
         set_status_headers(&mut head, &status, Some(age));
         self.outputs.push_back(Output::Respond {
@@ -205,7 +230,7 @@ impl Engine {
                 ResponseBody::Empty,
             ),
             Shape::Head => (clone_response(head), None, ResponseBody::Empty),
-            Shape::Unsatisfiable => (unsatisfiable(total.unwrap_or(0)), None, ResponseBody::Empty),
+            Shape::Unsatisfiable => (unsatisfiable(total), None, ResponseBody::Empty),
             Shape::Single(mut r) => {
                 // A segment fetch holds only its segment's bytes: a range reaching past them
                 // is answered with the part it holds (its Content-Range says so), never a
@@ -315,15 +340,7 @@ impl Engine {
         let Some(c) = self.clients.remove(&cid) else {
             return;
         };
-        let mut head = match total {
-            Some(t) => unsatisfiable(t),
-            None => {
-                let mut h = http::Response::new(()).into_parts().0;
-                h.status = StatusCode::RANGE_NOT_SATISFIABLE;
-                h.headers.insert(header::CONTENT_LENGTH, 0.into());
-                h
-            }
-        };
+        let mut head = unsatisfiable(total);
         let mut status = CacheStatus::fwd(c.fwd);
         status.fwd_status = Some(416);
         status.collapsed = c.collapsed;
@@ -350,18 +367,7 @@ impl Engine {
                 }
             }
         }
-        let body = Bytes::from(format!("{reason}\n"));
-        let mut head = http::Response::new(()).into_parts().0;
-        head.status = code;
-        head.headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        head.headers
-            .insert(header::CONTENT_LENGTH, body.len().into());
-        head.headers
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        set_status_headers(&mut head, &status, None);
+        let (head, body) = error_response(code, &status, &reason);
         self.outputs.push_back(Output::Respond {
             client: cid,
             head,

@@ -711,20 +711,11 @@ fn normalize_age(h: &mut HeaderMap) {
     let Some(first) = h.get(header::AGE) else {
         return;
     };
-    let v = first
-        .to_str()
-        .unwrap_or("")
-        .split([',', ';'])
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        let n = v.parse::<u64>().unwrap_or(u64::MAX).min(1 << 31);
-        h.insert(header::AGE, n.into());
-    } else {
-        h.remove(header::AGE);
-    }
+    let first = first.to_str().unwrap_or("").split([',', ';']).next();
+    match first.and_then(crate::time::delta_seconds) {
+        Some(n) => h.insert(header::AGE, n.into()),
+        None => h.remove(header::AGE),
+    };
 }
 
 /// Splits a Cache-Control value at commas outside quoted strings.
@@ -759,14 +750,33 @@ fn is_understood_status(s: StatusCode) -> bool {
     )
 }
 
+/// A `Content-Length` that is not one valid number: it cannot frame a body (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidLength;
+
+/// The declared body length (`None` when absent). Every field line and list member must be
+/// the same valid number (RFC 9110 §8.6: `10, 10` is 10); anything else is invalid.
+pub fn declared_length(h: &HeaderMap) -> Result<Option<u64>, InvalidLength> {
+    let mut seen: Option<u64> = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        let text = v.to_str().map_err(|_| InvalidLength)?;
+        for part in text.split(',').map(str::trim) {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(InvalidLength);
+            }
+            let n = part.parse::<u64>().map_err(|_| InvalidLength)?;
+            if seen.is_some_and(|s| s != n) {
+                return Err(InvalidLength);
+            }
+            seen = Some(n);
+        }
+    }
+    Ok(seen)
+}
+
 /// The declared body length, if any and valid.
 pub fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    declared_length(h).ok().flatten()
 }
 
 #[cfg(test)]

@@ -671,3 +671,31 @@ fn freshness_is_bounded_whatever_the_parsers_see() {
         Err(e) => panic!("unexpected refusal {e:?}"),
     }
 }
+
+/// One Content-Length parser for framing (engine) and reading (size limit, logs).
+#[test]
+fn declared_length_accepts_one_number_only() {
+    let h = |vals: &[&str]| {
+        let mut m = http::HeaderMap::new();
+        for v in vals {
+            m.append(header::CONTENT_LENGTH, v.parse().unwrap());
+        }
+        m
+    };
+    assert_eq!(declared_length(&h(&[])), Ok(None));
+    assert_eq!(declared_length(&h(&["10"])), Ok(Some(10)));
+    assert_eq!(declared_length(&h(&["10, 10"])), Ok(Some(10)));
+    assert_eq!(declared_length(&h(&["10", "10"])), Ok(Some(10)));
+    for bad in [
+        &["10, 11"][..],
+        &["10", "11"],
+        &["-1"],
+        &["+1"],
+        &["18446744073709551616"],
+        &[""],
+        &["1e3"],
+    ] {
+        assert_eq!(declared_length(&h(bad)), Err(InvalidLength), "{bad:?}");
+        assert_eq!(content_length(&h(bad)), None);
+    }
+}
