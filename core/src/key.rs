@@ -59,6 +59,21 @@ pub fn port(authority: &http::uri::Authority) -> Result<Option<u16>, KeyError> {
     }
 }
 
+/// The port a URI connects to: its own, else its scheme's default (443 for https, else 80);
+/// `BadPort` for one that does not parse, never a default in its place.
+pub fn port_or_default(uri: &Uri) -> Result<u16, KeyError> {
+    let default = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("https") => 443,
+        _ => 80,
+    };
+    Ok(uri
+        .authority()
+        .map(port)
+        .transpose()?
+        .flatten()
+        .unwrap_or(default))
+}
+
 impl CacheKey {
     /// Normalizes an absolute URI.
     pub fn from_uri(uri: &Uri) -> Result<Self, KeyError> {
@@ -183,6 +198,15 @@ mod tests {
         assert_eq!(key("http://h:65535/a").unwrap(), "http://h:65535/a");
         assert_eq!(key("http://[::1]:8080/").unwrap(), "http://[::1]:8080/");
         assert_eq!(key("http://[::1]/").unwrap(), "http://[::1]/");
+    }
+
+    #[test]
+    fn ports_default_by_scheme_and_never_replace_a_bad_one() {
+        let p = |s: &str| port_or_default(&s.parse::<Uri>().unwrap());
+        assert_eq!(p("http://h/"), Ok(80));
+        assert_eq!(p("HTTPS://h/"), Ok(443));
+        assert_eq!(p("https://h:8443/"), Ok(8443));
+        assert_eq!(p("http://h:99999/"), Err(KeyError::BadPort));
     }
 
     #[test]

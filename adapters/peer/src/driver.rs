@@ -141,24 +141,6 @@ impl Subject {
     }
 }
 
-fn internal_error() -> response::Parts {
-    let mut head = http::Response::new(()).into_parts().0;
-    head.status = http::StatusCode::INTERNAL_SERVER_ERROR;
-    head.headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    head.headers.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    head.headers.insert(
-        http::header::HeaderName::from_static("cache-status"),
-        http::HeaderValue::from_static("larder; detail=internal-error"),
-    );
-    head
-}
-
 /// How a request started.
 pub enum Begin {
     /// Answered at once with a complete response (a hit, a 304, an error): the engine has
@@ -291,13 +273,7 @@ impl Driver {
         subject: Subject,
         mutate: impl FnOnce(&mut Engine),
     ) {
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            mutate(&mut inner.engine);
-            while let Some(out) = inner.engine.poll_output() {
-                self.dispatch(inner, out);
-            }
-        }));
-        if run.is_ok() {
+        if self.caught(inner, mutate) {
             return;
         }
         self.metrics.engine_panics.inc();
@@ -308,11 +284,14 @@ impl Driver {
         let recovery = match subject {
             Subject::Client(client) => {
                 if let Some((tx, _)) = inner.clients.remove(&client) {
+                    let (head, body) = larder_core::engine::error_response(
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        &CacheStatus::default().with_detail("internal-error"),
+                        "internal error while handling this request",
+                    );
                     let _ = tx.send(ClientEvent::Respond {
-                        head: internal_error(),
-                        body: ResponseBody::Full(Bytes::from_static(
-                            b"internal error while handling this request\n",
-                        )),
+                        head,
+                        body: ResponseBody::Full(body),
                     });
                 }
                 Input::ClientGone { client }
@@ -329,15 +308,20 @@ impl Driver {
             Subject::Other => return,
         };
         // Best effort: the engine forgets what the failed input concerned.
-        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            inner.engine.handle_input(SystemTime::now(), recovery);
+        if !self.caught(inner, |e| e.handle_input(SystemTime::now(), recovery)) {
+            tracing::error!(?subject, "panic again while recovering");
+        }
+    }
+
+    /// One mutation and its drain; false when it panicked.
+    fn caught(self: &Arc<Self>, inner: &mut Inner, mutate: impl FnOnce(&mut Engine)) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            mutate(&mut inner.engine);
             while let Some(out) = inner.engine.poll_output() {
                 self.dispatch(inner, out);
             }
-        }));
-        if again.is_err() {
-            tracing::error!(?subject, "panic again while recovering");
-        }
+        }))
+        .is_ok()
     }
 
     fn send(inner: &mut Inner, client: ClientId, ev: ClientEvent) {
@@ -349,9 +333,18 @@ impl Driver {
         }
     }
 
-    /// Feeds a body chunk.
-    pub fn input_body(self: &Arc<Self>, fetch: FetchId, chunk: Bytes) {
-        self.input(Input::UpstreamBody { fetch, chunk });
+    /// Feeds a body chunk; true when the fill may read on at once (no client of it is
+    /// behind), so [`pace`](Self::pace) — another lock and a list — is needed only then.
+    pub fn input_body(self: &Arc<Self>, fetch: FetchId, chunk: Bytes) -> bool {
+        let mut inner = self.lock();
+        self.input_locked(&mut inner, Input::UpstreamBody { fetch, chunk });
+        let inner = &*inner;
+        !inner.engine.fetch_clients(fetch).iter().any(|c| {
+            inner
+                .clients
+                .get(c)
+                .is_some_and(|(_, lane)| lane.live() && lane.behind())
+        })
     }
 
     /// The lanes of the clients a fetch feeds now (followers that joined included).

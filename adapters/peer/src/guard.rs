@@ -60,7 +60,7 @@ pub fn not_allowed<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a N
 }
 
 /// The IPv4 address behind an IPv4-mapped IPv6 address, else the address itself.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
@@ -196,11 +196,7 @@ impl tower_service::Service<http::Uri> for GuardedConnector {
         Box::pin(async move {
             let host = dst.host().ok_or("destination has no host")?.to_owned();
             // Never a default port for a port that does not parse (`h:99999`).
-            let port = match dst.authority().map(larder_core::key::port).transpose()? {
-                Some(Some(p)) => p,
-                _ if dst.scheme_str() == Some("https") => 443,
-                _ => 80,
-            };
+            let port = larder_core::key::port_or_default(&dst)?;
             let addrs = match &guard {
                 Some(g) => g.resolve(&host, port).await?,
                 None => lookup(&host, port).await?,

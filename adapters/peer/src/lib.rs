@@ -13,6 +13,7 @@ pub mod driver;
 pub mod guard;
 pub mod metrics;
 pub mod peers;
+mod read_clock;
 pub mod server;
 pub mod tls;
 pub mod upstream;

@@ -91,13 +91,8 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
         .mirror
         .as_ref()
         .and_then(|m| {
-            let a = m.authority()?;
-            let port = a.port_u16().unwrap_or(if m.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            });
-            Some((a.host().to_owned(), port))
+            let port = larder_core::key::port_or_default(m).ok()?;
+            Some((m.host()?.to_owned(), port))
         })
         .into_iter()
         .collect();
@@ -160,9 +155,9 @@ async fn accept_loop(
 ) {
     // Each connection holds a clone; shutdown waits for them to drop.
     let live = Arc::new(());
-    let clock = read_clock::ActiveClock::new();
+    let clock = crate::read_clock::ActiveClock::new();
     let ticking = tokio::spawn(clock.clone().run());
-    let timer = read_clock::ActiveTimer(clock);
+    let timer = crate::read_clock::ActiveTimer(clock);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -271,11 +266,7 @@ impl Drop for Pending {
 }
 
 fn allowed(state: &State, remote: &SocketAddr) -> bool {
-    let ip = remote.ip();
-    let ip = match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
+    let ip = crate::guard::canonical(remote.ip());
     if state.settings.allow.is_empty() {
         ip.is_loopback()
     } else {
@@ -453,25 +444,12 @@ async fn route(
         parts.headers.remove(header::TRANSFER_ENCODING);
         None
     } else {
-        match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-            Ok(b) => Some(b.to_bytes()),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                let why = format!("request body over {MAX_REQUEST_BODY} bytes");
-                return Err(refuse(Refused(StatusCode::PAYLOAD_TOO_LARGE, why), &parts));
-            }
-            Err(e) => {
-                return Err(refuse(
-                    Refused(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot read request body: {e}"),
-                    ),
-                    &parts,
-                ));
-            }
-        }
+        let why = format!("request body over {MAX_REQUEST_BODY} bytes");
+        Some(
+            read_body(body, MAX_REQUEST_BODY, why)
+                .await
+                .map_err(|r| refuse(r, &parts))?,
+        )
     };
     let log_on = tracing::enabled!(tracing::Level::INFO);
     let (method, url) = (
@@ -626,37 +604,39 @@ async fn route(
     }
 }
 
+/// Reads a request body of at most `limit` bytes (413 with `too_large` beyond it).
+async fn read_body(body: Incoming, limit: usize, too_large: String) -> Result<Bytes, Refused> {
+    match Limited::new(body, limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Refused(StatusCode::PAYLOAD_TOO_LARGE, too_large))
+        }
+        Err(e) => Err(Refused(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read request body: {e}"),
+        )),
+    }
+}
+
 /// Reads and discards the body of a GET or HEAD (refused when over [`MAX_GET_BODY`], or
 /// when it does not arrive within [`GET_BODY_WAIT`]).
 async fn drop_get_body(parts: &http::request::Parts, body: Incoming) -> Result<(), Refused> {
     use http_body::Body as _;
-    let too_large = || {
-        Refused(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "a {} body is ignored, and this one is over {MAX_GET_BODY} bytes",
-                parts.method
-            ),
-        )
-    };
     if body.is_end_stream() {
         return Ok(());
     }
+    let too_large = format!(
+        "a {} body is ignored, and this one is over {MAX_GET_BODY} bytes",
+        parts.method
+    );
     if body.size_hint().lower() > MAX_GET_BODY as u64 {
-        return Err(too_large());
+        return Err(Refused(StatusCode::PAYLOAD_TOO_LARGE, too_large));
     }
-    match tokio::time::timeout(GET_BODY_WAIT, Limited::new(body, MAX_GET_BODY).collect()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
-        }
-        Ok(Err(e)) => Err(Refused(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read request body: {e}"),
-        )),
+    match tokio::time::timeout(GET_BODY_WAIT, read_body(body, MAX_GET_BODY, too_large)).await {
+        Ok(read) => read.map(drop),
         Err(_) => Err(Refused(
             StatusCode::REQUEST_TIMEOUT,
             "the declared request body did not arrive".into(),
@@ -797,152 +777,4 @@ async fn connect(
         }
     });
     Ok(Response::new(ClientBody::empty()))
-}
-
-/// The clock of hyper's header-read timeout: it counts only time this process had to read.
-///
-/// A process frozen (SIGSTOP, a VM paused) or starved for longer than [`STALL`] does not
-/// see that time pass: otherwise the timer of a connection waiting for its next request can
-/// fire on resume before the request that arrived meanwhile is read, and the client is reset.
-mod read_clock {
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::task::{Context, Poll};
-    use std::time::{Duration, Instant};
-
-    /// How often the clock checks that the process runs.
-    const TICK: Duration = Duration::from_millis(100);
-    /// A gap between ticks longer than this is time the process did not run.
-    const STALL: Duration = Duration::from_secs(1);
-
-    /// Monotonic time minus the stalls seen.
-    pub struct ActiveClock {
-        base: Instant,
-        /// Nanoseconds from `base` to the last tick.
-        last_tick: AtomicU64,
-        /// Nanoseconds of stalls recorded by ticks.
-        stalled: AtomicU64,
-    }
-
-    fn nanos(d: Duration) -> u64 {
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    impl ActiveClock {
-        pub fn new() -> Arc<Self> {
-            Arc::new(ActiveClock {
-                base: Instant::now(),
-                last_tick: AtomicU64::new(0),
-                stalled: AtomicU64::new(0),
-            })
-        }
-
-        /// Now, less every stall (including one in progress that no tick has seen yet).
-        pub fn now(&self) -> Instant {
-            let real = Instant::now();
-            let since = nanos(real - self.base);
-            let gap = since.saturating_sub(self.last_tick.load(Ordering::Acquire));
-            let stalled = self.stalled.load(Ordering::Acquire) + gap.saturating_sub(nanos(STALL));
-            real.checked_sub(Duration::from_nanos(stalled))
-                .unwrap_or(self.base)
-        }
-
-        fn tick(&self) {
-            let since = nanos(self.base.elapsed());
-            let last = self.last_tick.load(Ordering::Acquire);
-            let stall = since.saturating_sub(last).saturating_sub(nanos(STALL));
-            self.stalled.fetch_add(stall, Ordering::AcqRel);
-            self.last_tick.store(since, Ordering::Release);
-        }
-
-        /// Ticks until the task is dropped.
-        pub async fn run(self: Arc<Self>) {
-            loop {
-                tokio::time::sleep(TICK).await;
-                self.tick();
-            }
-        }
-    }
-
-    /// A hyper timer whose deadlines are on the active clock.
-    #[derive(Clone)]
-    pub struct ActiveTimer(pub Arc<ActiveClock>);
-
-    struct ActiveSleep {
-        clock: Arc<ActiveClock>,
-        deadline: Instant,
-        sleep: Pin<Box<tokio::time::Sleep>>,
-    }
-
-    impl Future for ActiveSleep {
-        type Output = ();
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            loop {
-                let now = self.clock.now();
-                let Some(left) = self
-                    .deadline
-                    .checked_duration_since(now)
-                    .filter(|l| !l.is_zero())
-                else {
-                    return Poll::Ready(());
-                };
-                // Not yet in active time: wait (at least) the rest in real time, then look again.
-                let at = tokio::time::Instant::now() + left;
-                if self.sleep.deadline() < at {
-                    self.sleep.as_mut().reset(at);
-                }
-                if self.sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-            }
-        }
-    }
-
-    impl hyper::rt::Sleep for ActiveSleep {}
-
-    impl hyper::rt::Timer for ActiveTimer {
-        fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-            self.sleep_until(self.0.now() + duration)
-        }
-
-        fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-            let left = deadline.saturating_duration_since(self.0.now());
-            Box::pin(ActiveSleep {
-                clock: self.0.clone(),
-                deadline,
-                sleep: Box::pin(tokio::time::sleep(left)),
-            })
-        }
-
-        fn now(&self) -> Instant {
-            self.0.now()
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn a_stall_does_not_count() {
-            // Last tick 3 s ago: 2 s of that (beyond STALL) did not run.
-            let c = ActiveClock {
-                base: Instant::now() - Duration::from_secs(3),
-                last_tick: AtomicU64::new(0),
-                stalled: AtomicU64::new(0),
-            };
-            let lag = Instant::now().saturating_duration_since(c.now());
-            assert!(lag >= Duration::from_millis(1990), "{lag:?}");
-            // Once a tick has seen it, the stall stays out of the clock.
-            c.tick();
-            let lag = Instant::now().saturating_duration_since(c.now());
-            assert!(lag >= Duration::from_millis(1990), "{lag:?}");
-            // Running time counts.
-            std::thread::sleep(Duration::from_millis(200));
-            let lag2 = Instant::now().saturating_duration_since(c.now());
-            assert!(lag2 < lag + Duration::from_millis(100), "{lag2:?}");
-        }
-    }
 }

@@ -230,8 +230,9 @@ pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
                 if let Ok(chunk) = frame.into_data() {
                     if !chunk.is_empty() {
                         driver.metrics.bytes_from_origin.inc_by(chunk.len() as u64);
-                        driver.input_body(fid, chunk);
-                        driver.pace(fid, up.idle, detach).await;
+                        if !driver.input_body(fid, chunk) {
+                            driver.pace(fid, up.idle, detach).await;
+                        }
                     }
                 }
             }
