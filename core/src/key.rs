@@ -43,19 +43,34 @@ impl std::error::Error for KeyError {}
 /// `BadPort` when the text after the host is not a port in 1..=65535. (`Authority::port_u16`
 /// says `None` for both `h` and `h:99999`, which would make the second port 80.)
 pub fn port(authority: &http::uri::Authority) -> Result<Option<u16>, KeyError> {
-    let hostport = authority.as_str().rsplit('@').next().unwrap_or("");
-    let after_host = match hostport.rfind(']') {
-        Some(i) => &hostport[i + 1..],
-        None => hostport.find(':').map_or("", |i| &hostport[i..]),
+    // Bytes, from the end (this runs for every request): the host ends at the last `:`
+    // after any userinfo, unless that `:` lies inside a bracketed IPv6 literal.
+    let s = authority.as_str().as_bytes();
+    let hostport = &s[s.iter().rposition(|&b| b == b'@').map_or(0, |i| i + 1)..];
+    let Some(colon) = hostport.iter().rposition(|&b| b == b':') else {
+        return Ok(None);
     };
-    match after_host.strip_prefix(':') {
-        None if after_host.is_empty() => Ok(None),
-        None => Err(KeyError::BadPort),
-        Some("") => Ok(None),
-        Some(digits) => match digits.parse::<u16>() {
-            Ok(p) if p > 0 && digits.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(p)),
-            _ => Err(KeyError::BadPort),
-        },
+    if hostport.first() == Some(&b'[')
+        && hostport
+            .iter()
+            .rposition(|&b| b == b']')
+            .is_some_and(|end| end > colon)
+    {
+        return Ok(None);
+    }
+    let digits = &hostport[colon + 1..];
+    if digits.is_empty() {
+        return Ok(None);
+    }
+    if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(KeyError::BadPort);
+    }
+    let port = digits
+        .iter()
+        .fold(0u32, |p, d| p * 10 + u32::from(d - b'0'));
+    match u16::try_from(port) {
+        Ok(p) if p > 0 => Ok(Some(p)),
+        _ => Err(KeyError::BadPort),
     }
 }
 
@@ -191,6 +206,8 @@ mod tests {
             "http://127.0.0.1:99999/",
             "http://[::1]:70000/",
             "https://u@h:123456/",
+            "http://h:abc/",
+            "http://u:p@h:x1/",
         ] {
             assert_eq!(key(bad), Err(KeyError::BadPort), "{bad}");
         }
@@ -198,6 +215,9 @@ mod tests {
         assert_eq!(key("http://h:65535/a").unwrap(), "http://h:65535/a");
         assert_eq!(key("http://[::1]:8080/").unwrap(), "http://[::1]:8080/");
         assert_eq!(key("http://[::1]/").unwrap(), "http://[::1]/");
+        assert_eq!(key("http://u:p@h:8080/").unwrap(), "http://h:8080/");
+        assert_eq!(key("http://u:p@h/").unwrap(), "http://h/");
+        assert_eq!(key("http://u@h:/").unwrap(), "http://h/");
     }
 
     #[test]

@@ -437,11 +437,13 @@ async fn route(
         // A body on GET/HEAD means nothing (RFC 9110 §9.3.1): read a small one and drop it,
         // refuse a large one, and never send its framing upstream, where a declared body
         // that is not sent would swallow the next request on a pooled connection.
-        drop_get_body(&parts, body)
+        if drop_get_body(&parts, body)
             .await
-            .map_err(|r| refuse(r, &parts))?;
-        parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.remove(header::TRANSFER_ENCODING);
+            .map_err(|r| refuse(r, &parts))?
+        {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.remove(header::TRANSFER_ENCODING);
+        }
         None
     } else {
         let why = format!("request body over {MAX_REQUEST_BODY} bytes");
@@ -622,11 +624,13 @@ async fn read_body(body: Incoming, limit: usize, too_large: String) -> Result<By
 }
 
 /// Reads and discards the body of a GET or HEAD (refused when over [`MAX_GET_BODY`], or
-/// when it does not arrive within [`GET_BODY_WAIT`]).
-async fn drop_get_body(parts: &http::request::Parts, body: Incoming) -> Result<(), Refused> {
+/// when it does not arrive within [`GET_BODY_WAIT`]); true when one was declared, so its
+/// framing fields must go.
+async fn drop_get_body(parts: &http::request::Parts, body: Incoming) -> Result<bool, Refused> {
     use http_body::Body as _;
     if body.is_end_stream() {
-        return Ok(());
+        // No body declared, or `Content-Length: 0` (framing of nothing, harmless upstream).
+        return Ok(false);
     }
     let too_large = format!(
         "a {} body is ignored, and this one is over {MAX_GET_BODY} bytes",
@@ -636,7 +640,7 @@ async fn drop_get_body(parts: &http::request::Parts, body: Incoming) -> Result<(
         return Err(Refused(StatusCode::PAYLOAD_TOO_LARGE, too_large));
     }
     match tokio::time::timeout(GET_BODY_WAIT, read_body(body, MAX_GET_BODY, too_large)).await {
-        Ok(read) => read.map(drop),
+        Ok(read) => read.map(|_| true),
         Err(_) => Err(Refused(
             StatusCode::REQUEST_TIMEOUT,
             "the declared request body did not arrive".into(),

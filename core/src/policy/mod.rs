@@ -759,6 +759,16 @@ pub struct InvalidLength;
 pub fn declared_length(h: &HeaderMap) -> Result<Option<u64>, InvalidLength> {
     let mut seen: Option<u64> = None;
     for v in h.get_all(header::CONTENT_LENGTH) {
+        // The common case (every hit logs its length): one plain number.
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit) {
+            let n = b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if seen.is_some_and(|s| s != n) {
+                return Err(InvalidLength);
+            }
+            seen = Some(n);
+            continue;
+        }
         let text = v.to_str().map_err(|_| InvalidLength)?;
         for part in text.split(',').map(str::trim) {
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
