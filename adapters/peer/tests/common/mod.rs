@@ -1,0 +1,137 @@
+//! The real `larder` binary and a raw loopback origin, for tests of the process itself
+//! (its memory, and inputs that once aborted it).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A keep-alive origin on loopback: `answer(path)` gives the whole response (head and
+/// body) for each request. Returns its port and a count of requests.
+pub fn origin(answer: fn(&str) -> Vec<u8>) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            let _ = conn.set_nodelay(true);
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or("/").to_owned();
+                    loop {
+                        let mut l = String::new();
+                        if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                            break;
+                        }
+                    }
+                    h.fetch_add(1, Ordering::Relaxed);
+                    if w.write_all(&answer(&path)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, hits)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `larder` process, killed when dropped. `LARDER_BIN` runs another build of it
+/// (e.g. an older one, to see a test fail before its fix).
+pub struct Peer {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Peer {
+    /// Still running (not aborted).
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// Starts `larder` on a free loopback port with `args`; loopback origins are allowed.
+pub fn start(args: &[&str]) -> Peer {
+    let port = free_port();
+    let bin = std::env::var("LARDER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_larder").into());
+    let child = Command::new(bin)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env("LARDER_ALLOW_DESTINATION", "127.0.0.0/8")
+        .env("LARDER_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("larder binary");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "larder did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Peer { child, port }
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// One request on its own connection (`Connection: close`): the response head (text) and
+/// body, or an error if the connection broke or nothing came within `within`.
+pub fn exchange(
+    port: u16,
+    target: &str,
+    fields: &[(&str, &str)],
+    within: Duration,
+) -> Result<(String, Vec<u8>), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut req = format!("GET {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
+    for (k, v) in fields {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).map_err(|e| e.to_string())?;
+    let at = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no response head in {} bytes", all.len()))?;
+    let head = String::from_utf8_lossy(&all[..at]).to_ascii_lowercase();
+    Ok((head, all[at + 4..].to_vec()))
+}
