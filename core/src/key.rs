@@ -43,25 +43,27 @@ impl std::error::Error for KeyError {}
 /// `BadPort` when the text after the host is not a port in 1..=65535. (`Authority::port_u16`
 /// says `None` for both `h` and `h:99999`, which would make the second port 80.)
 pub fn port(authority: &http::uri::Authority) -> Result<Option<u16>, KeyError> {
-    // Bytes, from the end (this runs for every request): the host ends at the last `:`
-    // after any userinfo, unless that `:` lies inside a bracketed IPv6 literal.
+    // Bytes, from the end (this runs for every request): after any userinfo, the host is
+    // a bracketed IPv6 literal (then only nothing or `:port` may follow its `]`), or a name
+    // or IPv4 address that ends at the last `:`.
     let s = authority.as_str().as_bytes();
     let hostport = &s[s.iter().rposition(|&b| b == b'@').map_or(0, |i| i + 1)..];
-    let Some(colon) = hostport.iter().rposition(|&b| b == b':') else {
-        return Ok(None);
+    let after_host = if hostport.first() == Some(&b'[') {
+        match hostport.iter().rposition(|&b| b == b']') {
+            Some(end) => &hostport[end + 1..],
+            None => return Err(KeyError::BadPort),
+        }
+    } else {
+        match hostport.iter().rposition(|&b| b == b':') {
+            Some(colon) => &hostport[colon..],
+            None => return Ok(None),
+        }
     };
-    if hostport.first() == Some(&b'[')
-        && hostport
-            .iter()
-            .rposition(|&b| b == b']')
-            .is_some_and(|end| end > colon)
-    {
-        return Ok(None);
-    }
-    let digits = &hostport[colon + 1..];
-    if digits.is_empty() {
-        return Ok(None);
-    }
+    let digits = match after_host {
+        [] | [b':'] => return Ok(None),
+        [b':', digits @ ..] => digits,
+        _ => return Err(KeyError::BadPort),
+    };
     if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
         return Err(KeyError::BadPort);
     }
@@ -208,6 +210,7 @@ mod tests {
             "https://u@h:123456/",
             "http://h:abc/",
             "http://u:p@h:x1/",
+            "http://[::1]*",
         ] {
             assert_eq!(key(bad), Err(KeyError::BadPort), "{bad}");
         }
