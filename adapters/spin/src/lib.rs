@@ -2,15 +2,16 @@
 //! (same doors, cache key, `Cache-Status`, hop marker and owner selection, all from
 //! `larder-core`), with its L1 in the Spin key-value store and `now` from the WASI clock.
 //!
-//! Variables: `upstream` (mirror door), `peers` (comma-separated owner candidates),
-//! `peer_secret` (signs peer requests). A miss goes to the owner peer, then the next choice,
-//! then the origin; no peers means the origin directly.
+//! Variables: `upstream` (mirror door: the upstream's origin, `scheme://host[:port]`),
+//! `upstream_path` (the mirror's base path on it, e.g. `/debian`), `peers` (comma-separated
+//! owner candidates), `peer_secret` (signs peer requests). A miss goes to the owner peer,
+//! then the next choice, then the origin; no peers means the origin directly.
 
 pub mod entry;
 
 use bytes::Bytes;
 use entry::Entry;
-use http::{HeaderValue, Method, StatusCode, header, request, response};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header, request, response};
 use http_body_util::{BodyExt, Full};
 use larder_core::cache_status::{CacheStatus, Fwd};
 use larder_core::door::{self, Refused};
@@ -54,11 +55,23 @@ async fn var(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// The mirror base: `upstream` (an origin; spin.toml also puts it in
+/// `allowed_outbound_hosts`, where Spin refuses a path) followed by `upstream_path`.
+fn upstream_url(origin: Option<String>, path: Option<String>) -> Option<http::Uri> {
+    let origin = origin?;
+    let path = path.unwrap_or_default();
+    let path = path.trim_matches('/');
+    let joined = if path.is_empty() {
+        origin.trim_end_matches('/').to_owned()
+    } else {
+        format!("{}/{path}", origin.trim_end_matches('/'))
+    };
+    joined.parse().ok()
+}
+
 async fn vars() -> Vars {
     Vars {
-        upstream: var("upstream")
-            .await
-            .and_then(|u| u.trim_end_matches('/').parse().ok()),
+        upstream: upstream_url(var("upstream").await, var("upstream_path").await),
         peers: var("peers")
             .await
             .map(|p| {
@@ -145,10 +158,31 @@ fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// The family of request fields the Spin host adds to every incoming request
+/// (`spin-full-url`, `spin-client-addr`, `spin-path-info`, `spin-base-path`,
+/// `spin-matched-route`, `spin-component-route`, `spin-raw-component-route`,
+/// `spin-path-match-*`).
+pub const HOST_HEADER_PREFIX: &str = "spin-";
+
+/// Removes the host-added `spin-*` fields. They describe this edge and its client (the
+/// client's address, the edge's own URL), so none may reach a peer or the origin, be
+/// stored with an entry or take part in a peer signature.
+pub fn strip_host_headers(headers: &mut HeaderMap) {
+    let names: Vec<header::HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(HOST_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 /// The component's entry point.
 #[spin_sdk::http_service]
 async fn handle(req: spin_sdk::http::Request) -> Resp {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    strip_host_headers(&mut parts.headers);
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -260,14 +294,38 @@ async fn serve(mut parts: request::Parts, body: Bytes, vars: Vars) -> Resp {
                 }
                 respond(head, b, &CacheStatus::fwd(Fwd::Method), None, &parts)
             }
-            Err(e) => text(
-                StatusCode::BAD_GATEWAY,
-                Some(CacheStatus::fwd(Fwd::Method).with_detail("origin-unreachable")),
-                &format!("origin failed: {e}"),
-            ),
+            Err(e) => upstream_failed(Fwd::Method, &parts.uri, &e),
         };
     }
     local(&policy, parts, key, now).await
+}
+
+/// The 502 for an origin request that got no answer. The host refusing it
+/// (`HttpRequestDenied`) is a manifest matter, not the origin's, and says so.
+fn upstream_failed(fwd: Fwd, target: &http::Uri, e: &str) -> Resp {
+    if e.contains("Denied") {
+        let origin = format!(
+            "{}://{}",
+            target.scheme_str().unwrap_or("http"),
+            target.authority().map(|a| a.as_str()).unwrap_or("")
+        );
+        return text(
+            StatusCode::BAD_GATEWAY,
+            Some(CacheStatus::fwd(fwd).with_detail("not-in-allowed-outbound-hosts")),
+            &format!(
+                "the Spin host refused the request to {target}: {origin} is not in the \
+                 component's allowed_outbound_hosts (spin.toml). Entries there are \
+                 scheme://host[:port] without a path, and one entry with a path makes Spin \
+                 refuse the whole list: set `upstream` to the origin only and put a mirror's \
+                 base path in `upstream_path` ({e})"
+            ),
+        );
+    }
+    text(
+        StatusCode::BAD_GATEWAY,
+        Some(CacheStatus::fwd(fwd).with_detail("origin-unreachable")),
+        &format!("origin failed (origin-unreachable): {e}"),
+    )
 }
 
 fn peer_url(peer: &str, target: &str) -> String {
@@ -335,16 +393,7 @@ async fn local(policy: &Policy, req: request::Parts, key: CacheKey, now: SystemT
                     &req,
                 );
             }
-            let detail = if e.contains("Denied") {
-                "destination-not-allowed"
-            } else {
-                "origin-unreachable"
-            };
-            return text(
-                StatusCode::BAD_GATEWAY,
-                Some(CacheStatus::fwd(fwd).with_detail(detail)),
-                &format!("origin failed ({detail}): {e}"),
-            );
+            return upstream_failed(fwd, &req.uri, &e);
         }
     };
     let mut status = CacheStatus::fwd(fwd);
@@ -400,4 +449,52 @@ fn edge_nonce(now: std::time::SystemTime, key: &str) -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     nanos ^ xxhash_rust::xxh3::xxh3_64(key.as_bytes()).rotate_left(17)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_headers_are_stripped_and_others_kept() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("spin-full-url", "http://edge.test/a?b"),
+            ("spin-client-addr", "127.0.0.1:54321"),
+            ("spin-path-info", "/a"),
+            ("spin-path-match-name", "a"),
+            ("accept", "*/*"),
+            ("x-spin-note", "kept"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        strip_host_headers(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-spin-note"]);
+    }
+
+    #[test]
+    fn upstream_is_an_origin_plus_a_base_path() {
+        let u = |o: &str, p: &str| {
+            upstream_url(
+                Some(o.into()),
+                Some(p.into()).filter(|p: &String| !p.is_empty()),
+            )
+            .map(|u| u.to_string())
+        };
+        assert_eq!(
+            u("http://m.test:8000", "").as_deref(),
+            Some("http://m.test:8000/")
+        );
+        assert_eq!(
+            u("http://m.test:8000/", "/debian/").as_deref(),
+            Some("http://m.test:8000/debian")
+        );
+        assert_eq!(
+            u("http://m.test:8000", "debian").as_deref(),
+            Some("http://m.test:8000/debian")
+        );
+        assert_eq!(upstream_url(None, Some("/debian".into())), None);
+    }
 }

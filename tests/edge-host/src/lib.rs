@@ -1,6 +1,7 @@
 //! A test host for the Larder Spin component: wasmtime 48 with WASI p2 + p3, WASI HTTP p3,
 //! Spin key-value (in memory) and Spin variables, and an outbound allow-list. Every
-//! request gets a fresh instance, as in Spin; the key-value store outlives them.
+//! request gets a fresh instance, as in Spin; the key-value store outlives them, and each
+//! request carries the `spin-*` fields Spin adds.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -31,6 +32,56 @@ pub struct KvHandle;
 
 /// The shared in-memory key-value store.
 pub type Kv = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+/// The fields Spin adds to every request it hands a component.
+pub const SPIN_HEADERS: [&str; 7] = [
+    "spin-base-path",
+    "spin-client-addr",
+    "spin-component-route",
+    "spin-full-url",
+    "spin-matched-route",
+    "spin-path-info",
+    "spin-raw-component-route",
+];
+
+/// Adds [`SPIN_HEADERS`] as Spin sets them for the manifest's route `/...` (base path `/`)
+/// and a client at 127.0.0.1:54321.
+pub fn add_spin_headers<B>(req: &mut http::Request<B>) {
+    let full_url = req.uri().to_string();
+    let path = req.uri().path().to_owned();
+    for (name, value) in [
+        ("spin-base-path", "/".to_owned()),
+        ("spin-client-addr", "127.0.0.1:54321".to_owned()),
+        ("spin-component-route", String::new()),
+        ("spin-full-url", full_url),
+        ("spin-matched-route", "/...".to_owned()),
+        ("spin-path-info", path),
+        ("spin-raw-component-route", "/...".to_owned()),
+    ] {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            req.headers_mut().insert(name, v);
+        }
+    }
+}
+
+/// The authorities an allow-list admits. Entries are written as in `allowed_outbound_hosts`
+/// (`scheme://host:port`) or as a bare `host:port`; as in Spin, one entry with a path
+/// (`has a path but is not allowed to`) invalidates the whole list, so nothing is admitted.
+fn allow_list(entries: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in entries {
+        let rest = e.split_once("://").map_or(e.as_str(), |(_, r)| r);
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if !path.is_empty() {
+            eprintln!(
+                "edge host: {e:?} has a path but is not allowed to: no outbound request is allowed"
+            );
+            return Vec::new();
+        }
+        out.push(authority.to_owned());
+    }
+    out
+}
 
 /// Outbound HTTP allowed only to these `host:port` authorities.
 struct Hooks {
@@ -277,7 +328,7 @@ pub struct EdgeHost {
 
 impl EdgeHost {
     /// Loads the component at `path` with these Spin variables, allowing outbound HTTP to
-    /// the listed `host:port` authorities only.
+    /// the listed `host:port` authorities (or `scheme://host:port` entries) only.
     pub fn load(path: &std::path::Path, vars: &[(&str, &str)], allowed: &[String]) -> Result<Self> {
         let start = Instant::now();
         let (engine, component) = compiled(path)?;
@@ -296,15 +347,17 @@ impl EdgeHost {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            allowed: allowed.to_vec(),
+            allowed: allow_list(allowed),
             attempts: Arc::default(),
             clock: Mutex::new(None),
             load_time: start.elapsed(),
         })
     }
 
-    /// Serves one request on a fresh instance and returns the whole response.
-    pub async fn handle(&self, req: http::Request<Bytes>) -> Result<http::Response<Bytes>> {
+    /// Serves one request on a fresh instance and returns the whole response. The request
+    /// gets the `spin-*` fields first, as Spin does.
+    pub async fn handle(&self, mut req: http::Request<Bytes>) -> Result<http::Response<Bytes>> {
+        add_spin_headers(&mut req);
         let state = State {
             table: ResourceTable::new(),
             wasi: {

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use larder_core::CacheKey;
 use larder_core::ring::{PeerSelection, RingKind};
-use larder_edge_host::EdgeHost;
+use larder_edge_host::{EdgeHost, SPIN_HEADERS};
 use larder_tests::{Origin, Reply};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,9 +132,243 @@ async fn outbound_host_not_allowed_is_a_clear_502() {
         .unwrap();
     assert_eq!(r.status(), 502);
     assert!(
-        cache_status(&r).contains("detail=destination-not-allowed"),
+        cache_status(&r).contains("detail=not-in-allowed-outbound-hosts"),
         "{}",
         cache_status(&r)
+    );
+    let text = String::from_utf8_lossy(r.body());
+    assert!(
+        text.contains(&origin.url("")) && text.contains("allowed_outbound_hosts"),
+        "{text}"
+    );
+    assert_eq!(origin.hits(), 0);
+}
+
+/// Names of `spin-*` fields in `h`.
+fn spin_fields(h: &http::HeaderMap) -> Vec<String> {
+    h.keys()
+        .map(|k| k.as_str().to_owned())
+        .filter(|k| k.starts_with("spin-"))
+        .collect()
+}
+
+/// The host adds Spin's own fields (client address, the edge's URL, route) to every request,
+/// as Spin does; none may reach the origin or a peer, be stored in key-value or come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_host_headers_reach_neither_the_origin_nor_the_cache() {
+    let origin = Origin::start(|_, _| {
+        Reply::ok(
+            "clean",
+            &[("cache-control", "max-age=60"), ("vary", "accept")],
+        )
+    })
+    .await;
+    let host = EdgeHost::load(
+        &component(),
+        &[("upstream", &origin.url(""))],
+        &[origin.addr.to_string()],
+    )
+    .unwrap();
+    let miss = host.handle(get("http://edge.test/h")).await.unwrap();
+    assert!(
+        cache_status(&miss).contains("stored"),
+        "{}",
+        cache_status(&miss)
+    );
+    let hit = host.handle(get("http://edge.test/h")).await.unwrap();
+    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    let post = host
+        .handle(
+            http::Request::post("http://edge.test/form")
+                .body(Bytes::from_static(b"form"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 200);
+    assert_eq!(origin.hits(), 2, "the GET once, then the POST");
+    for seen in origin.seen() {
+        assert!(
+            spin_fields(&seen.headers).is_empty(),
+            "{} {} reached the origin with {:?}",
+            seen.method,
+            seen.uri,
+            spin_fields(&seen.headers)
+        );
+    }
+    for r in [&miss, &hit, &post] {
+        assert!(spin_fields(r.headers()).is_empty(), "{:?}", r.headers());
+    }
+    let kv = host.kv.lock().unwrap();
+    let entry = kv.values().next().expect("the GET is stored");
+    let entry = String::from_utf8_lossy(entry);
+    for name in SPIN_HEADERS {
+        assert!(!entry.contains(name), "{name} stored: {entry}");
+    }
+    assert!(!entry.contains("127.0.0.1:54321"), "{entry}");
+}
+
+/// A miss the edge forwards to its owner peer carries no `spin-*` field either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_host_headers_do_not_reach_a_peer() {
+    let origin = Origin::start(|_, _| Reply::ok("owned", &[("cache-control", "max-age=60")])).await;
+    let peers = larder_tests::cluster(1, |_| {}).await;
+    let url = peers[0].state.settings.self_url.clone().unwrap();
+    let host = EdgeHost::load(
+        &component(),
+        &[("peers", &url)],
+        &[peers[0].addr.to_string(), origin.addr.to_string()],
+    )
+    .unwrap();
+    let r = host
+        .handle(get(&proxy_url(&origin.url("/p"))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let via = format!(
+        "{:?}",
+        r.headers().get_all("via").iter().collect::<Vec<_>>()
+    );
+    assert!(via.contains(&url), "answered by the peer: {via}");
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        spin_fields(&seen[0].headers).is_empty(),
+        "{:?}",
+        seen[0].headers
+    );
+}
+
+/// What Spin makes of `adapters/spin/spin.toml` with these application variables (the others
+/// keep their defaults): the component's `allowed_outbound_hosts` and its variables. A small
+/// reader for this one manifest's shape: `[variables]` defaults, the component's allow-list
+/// and `[component.larder.variables]` templates.
+fn manifest(set: &[(&str, &str)]) -> (Vec<String>, Vec<(String, String)>) {
+    let text = include_str!("../../../adapters/spin/spin.toml");
+    let quoted =
+        |s: &str| -> Vec<String> { s.split('"').skip(1).step_by(2).map(str::to_owned).collect() };
+    let mut section = "";
+    let mut app: Vec<(String, String)> = Vec::new();
+    let mut allowed = Vec::new();
+    let mut templates = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            section = line;
+            continue;
+        }
+        let Some((name, value)) = line.split_once('=') else {
+            continue;
+        };
+        let (name, value) = (name.trim(), value.trim());
+        match section {
+            "[variables]" => {
+                let default = value
+                    .split_once("default =")
+                    .map(|(_, d)| quoted(d).into_iter().next().unwrap_or_default())
+                    .unwrap_or_default();
+                app.push((name.to_owned(), default));
+            }
+            "[component.larder]" if name == "allowed_outbound_hosts" => allowed = quoted(value),
+            "[component.larder.variables]" => {
+                templates.push((name.to_owned(), quoted(value).concat()))
+            }
+            _ => {}
+        }
+    }
+    for (k, v) in set {
+        let slot = app
+            .iter_mut()
+            .find(|(n, _)| n == k)
+            .expect("a manifest variable");
+        slot.1 = v.to_string();
+    }
+    let render = |t: &str| -> String {
+        let mut out = String::new();
+        let mut rest = t;
+        while let Some(i) = rest.find("{{") {
+            out.push_str(&rest[..i]);
+            let j = rest[i..].find("}}").expect("closed template") + i;
+            let name = rest[i + 2..j].trim();
+            let value = app
+                .iter()
+                .find(|(n, _)| n == name)
+                .expect("a manifest variable");
+            out.push_str(&value.1);
+            rest = &rest[j + 2..];
+        }
+        out.push_str(rest);
+        out
+    };
+    (
+        allowed.iter().map(|a| render(a)).collect(),
+        templates
+            .iter()
+            .map(|(n, t)| (n.clone(), render(t)))
+            .collect(),
+    )
+}
+
+fn load_manifest(set: &[(&str, &str)]) -> EdgeHost {
+    let (allowed, vars) = manifest(set);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    EdgeHost::load(&component(), &vars, &allowed).unwrap()
+}
+
+/// A mirror under a base path (`http://host:port/debian`), configured as spin.toml says:
+/// the origin in `upstream` (and so in `allowed_outbound_hosts`), the path in `upstream_path`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_with_a_base_path_is_served() {
+    let origin =
+        Origin::start(|seen, _| Reply::ok(seen.uri.clone(), &[("cache-control", "max-age=60")]))
+            .await;
+    let host = load_manifest(&[("upstream", &origin.url("")), ("upstream_path", "/debian")]);
+    let first = host
+        .handle(get("http://edge.test/pool/main/x.deb"))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.status(),
+        200,
+        "{}",
+        String::from_utf8_lossy(first.body())
+    );
+    assert_eq!(first.body().as_ref(), b"/debian/pool/main/x.deb");
+    let second = host
+        .handle(get("http://edge.test/pool/main/x.deb"))
+        .await
+        .unwrap();
+    assert!(
+        cache_status(&second).contains("hit"),
+        "{}",
+        cache_status(&second)
+    );
+    assert_eq!(origin.hits(), 1);
+    assert_eq!(origin.seen()[0].uri, "/debian/pool/main/x.deb");
+}
+
+/// The old way (the path in `upstream`) puts a path into `allowed_outbound_hosts`: Spin then
+/// refuses every outbound request, and the 502 says so instead of blaming the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_in_the_allow_list_is_a_502_that_says_so() {
+    let origin = Origin::start(|_, _| Reply::ok("never", &[])).await;
+    let host = load_manifest(&[("upstream", &origin.url("/debian"))]);
+    let r = host
+        .handle(get("http://edge.test/pool/x.deb"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(
+        cache_status(&r).contains("detail=not-in-allowed-outbound-hosts"),
+        "{}",
+        cache_status(&r)
+    );
+    let text = String::from_utf8_lossy(r.body());
+    assert!(
+        text.contains("allowed_outbound_hosts") && text.contains("upstream_path"),
+        "{text}"
     );
     assert_eq!(origin.hits(), 0);
 }
