@@ -12,6 +12,7 @@
 //! - [`range`] and [`segment`]: client byte ranges and the Range segments used to fetch large objects.
 //! - [`cache_status`]: the RFC 9211 `Cache-Status` header.
 //! - [`door`] and [`hop`]: the front doors and the peer protocol every runtime speaks.
+//! - [`storage`]: what crosses the boundary to the storage tiers, and the one entry format.
 //! - [`time`]: saturating time arithmetic (header values and `now` are never trusted).
 //! - [`engine`]: the state machine that combines all of them, driven with `handle_input` / `poll_output`.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod policy;
 pub mod range;
 pub mod ring;
 pub mod segment;
+pub mod storage;
 pub mod time;
 
 pub use cache_status::CacheStatus;
@@ -35,3 +37,4 @@ pub use key::CacheKey;
 pub use lru::{Admission, Eviction, Lru};
 pub use policy::{CacheMode, NotServed, NotStored, Policy, PolicyConfig};
 pub use ring::{PeerSelection, RingKind};
+pub use storage::{EntryId, MemoryTier, StorageError, StoredBody, Tier};

@@ -78,6 +78,18 @@ impl<K: Hash + Eq + Clone> Lru<K> {
         self.capacity
     }
 
+    /// Evicts least recently used items until at most `target` bytes remain (a low
+    /// watermark), returning them in eviction order.
+    pub fn shrink_to(&mut self, target: u64) -> Vec<(K, u64)> {
+        let mut evicted = Vec::new();
+        while self.weight > target && self.tail != NIL {
+            let (k, w) = self.release(self.tail);
+            self.map.remove(&k);
+            evicted.push((k, w));
+        }
+        evicted
+    }
+
     /// Keys from least to most recently used (for tests and dumps; O(n)).
     pub fn keys_lru_first(&self) -> Vec<K> {
         let mut out = Vec::with_capacity(self.map.len());

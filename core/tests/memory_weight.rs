@@ -4,7 +4,7 @@
 //! weight never under-counts it.
 
 use bytes::Bytes;
-use larder_core::{ClientId, Config, Engine, Input, Output, Route};
+use larder_core::{ClientId, Config, Engine, Input, MemoryTier, Output, Route};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -50,6 +50,7 @@ fn fill(n: usize, size: usize, extra_request_header: usize, extra_fields: usize)
     .unwrap();
     let read_buffer = Bytes::from(vec![b'x'; 64 * 1024 + size]);
     let before = LIVE.load(Ordering::Relaxed);
+    let mut tier = MemoryTier::new();
     for i in 0..n {
         let mut req = http::Request::get(format!(
             "http://origin.test/packages/pool/main/some-package_{i}.deb"
@@ -104,13 +105,21 @@ fn fill(n: usize, size: usize, extra_request_header: usize, extra_fields: usize)
             },
         );
         e.handle_input(t0(), Input::UpstreamEnd { fetch });
-        while e.poll_output().is_some() {}
+        // The memory tier holds the bodies (the adapter's side of the boundary).
+        while let Some(o) = e.poll_output() {
+            match o {
+                Output::Write { entry, body, .. } => tier.insert(entry, body),
+                Output::Delete { entry, .. } => drop(tier.remove(entry)),
+                _ => {}
+            }
+        }
     }
     assert_eq!(e.in_flight(), (0, 0));
     assert_eq!(e.stored_entries(), n);
     let grown = (LIVE.load(Ordering::Relaxed) - before) as i64;
     let weight = e.stored_bytes();
     drop(e);
+    drop(tier);
     (grown, weight)
 }
 

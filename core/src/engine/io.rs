@@ -2,6 +2,7 @@
 
 use crate::cache_status::CacheStatus;
 use crate::key::CacheKey;
+use crate::storage::{EntryId, StorageError, StoredBody, Tier};
 use bytes::Bytes;
 use http::{request, response};
 
@@ -82,6 +83,29 @@ pub enum Input {
     },
     /// Cluster membership changed.
     PeersChanged { peers: Vec<String> },
+    /// The disk tier holds this entry (found at start-up, or, in Spin, listed for the
+    /// request's key): the engine indexes it and loads it when a request needs it.
+    Restored {
+        entry: EntryId,
+        key: CacheKey,
+        /// Bytes the record takes in the tier.
+        bytes: u64,
+    },
+    /// The answer to `Output::Load`: the record's metadata (checked against its checksum,
+    /// still encoded) and, when asked for, its checked body.
+    Loaded {
+        entry: EntryId,
+        meta: Bytes,
+        body: Option<Bytes>,
+    },
+    /// `Output::Load` found nothing usable (missing, unreadable or corrupt): a miss.
+    LoadFailed { entry: EntryId },
+    /// A tier could not carry out `Output::Write`.
+    WriteFailed {
+        entry: EntryId,
+        tier: Tier,
+        error: StorageError,
+    },
     /// The time handed out by `poll_timeout` has come.
     Timeout,
 }
@@ -91,8 +115,11 @@ pub enum Input {
 pub enum ResponseBody {
     /// No body (HEAD, 304, 416 ...).
     Empty,
-    /// The whole body, from cache.
+    /// The whole body, made here.
     Full(Bytes),
+    /// The body is in a tier: read these pieces of the stored entry. A memory read
+    /// resolves at once; a disk read streams (and, should it fail, aborts the response).
+    Stored(StoredBody),
     /// `Body` outputs follow for this client, then `End` or `Abort`.
     Stream,
 }
@@ -135,8 +162,23 @@ pub enum Output {
     },
     /// Nobody needs this fetch any more: stop it and send no further inputs for it.
     CancelFetch { fetch: FetchId },
-    /// A response was stored under `key`.
-    Stored { key: CacheKey, bytes: u64 },
-    /// An entry was dropped to make room (or invalidated): free its storage.
-    Evicted { key: CacheKey, bytes: u64 },
+    /// Put this entry in `tier`. `body` is the whole body; `meta` is the encoded
+    /// [`crate::storage::entry::Meta`] for the disk tier (empty for memory, whose entries
+    /// the engine describes itself). Report failure with `Input::WriteFailed`.
+    Write {
+        entry: EntryId,
+        tier: Tier,
+        key: CacheKey,
+        meta: Bytes,
+        body: Bytes,
+    },
+    /// Drop this entry from `tier` (evicted, replaced, invalidated or found corrupt).
+    Delete {
+        entry: EntryId,
+        tier: Tier,
+        key: CacheKey,
+    },
+    /// Read this entry from the disk tier and answer with `Input::Loaded` (with the body
+    /// when `body`, after checking it) or `Input::LoadFailed`.
+    Load { entry: EntryId, body: bool },
 }

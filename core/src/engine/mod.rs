@@ -11,7 +11,6 @@ mod store;
 
 pub use io::{ClientId, FetchId, Input, Output, ResponseBody, Route, UpstreamError};
 pub use respond::error_response;
-pub use store::Entry;
 
 use crate::cache_status::{CacheStatus, Fwd};
 use crate::key::CacheKey;
@@ -19,12 +18,14 @@ use crate::policy::{self, NotStored, Policy, PolicyConfig, Reuse, Revalidated, S
 use crate::range;
 use crate::ring::{PeerSelection, RingKind};
 use crate::segment::{self, SegmentAnswer, Segments};
+use crate::storage::entry::{self, Meta};
+use crate::storage::{EntryId, StorageError, Tier};
 use bytes::{Bytes, BytesMut};
 use hashbrown::HashMap;
 use http::{Method, StatusCode, header, request, response};
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
-use store::Store;
+use store::{Change, Hot, Store};
 
 /// Everything the engine is told at start-up.
 #[derive(Debug, Clone)]
@@ -45,6 +46,14 @@ pub struct Config {
     pub hit_for_miss: Duration,
     /// Regular expressions over path and query: matching requests are never cached.
     pub passthrough: Vec<String>,
+    /// Bytes of the disk tier (its high watermark); 0: no disk tier.
+    pub disk: u64,
+    /// When the disk tier passes `disk`, it is cleaned down to this (low watermark).
+    pub disk_clean_to: u64,
+    /// The first entry id this engine hands out. Ids must never repeat in a tier, across
+    /// restarts and (in Spin) across instances: give the start time in nanoseconds, or a
+    /// random number.
+    pub first_entry_id: u64,
 }
 
 impl Default for Config {
@@ -59,9 +68,16 @@ impl Default for Config {
             collapse_timeout: Duration::from_secs(5),
             hit_for_miss: Duration::from_secs(120),
             passthrough: Vec::new(),
+            disk: 0,
+            disk_clean_to: 0,
+            first_entry_id: 0,
         }
     }
 }
+
+/// How long the disk tier rests after a write failed for lack of space (or at all) before
+/// the engine tries it again. Entries already on disk keep serving meanwhile.
+pub const DISK_RETRY: Duration = Duration::from_secs(60);
 
 /// Most URLs remembered as uncacheable at once.
 pub const HIT_FOR_MISS_MAX: usize = 16_384;
@@ -93,6 +109,8 @@ struct Client {
     deadline: Option<SystemTime>,
     collapsed: bool,
     fwd: Fwd,
+    /// Replayed after its entries were loaded: entries still cold are misses now.
+    replayed: bool,
 }
 
 impl Client {
@@ -107,6 +125,7 @@ impl Client {
             deadline: None,
             collapsed: false,
             fwd: Fwd::UriMiss,
+            replayed: false,
         }
     }
 }
@@ -114,7 +133,7 @@ impl Client {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FetchKind {
     Fill,
-    Revalidate { variant: u64 },
+    Revalidate { variant: EntryId },
     Segment { index: u64 },
 }
 
@@ -142,6 +161,13 @@ struct Fetch {
     retried: bool,
 }
 
+/// Requests for one key waiting on loads from the disk tier.
+#[derive(Debug, Default)]
+struct Parked {
+    loads: usize,
+    clients: Vec<(ClientId, request::Parts)>,
+}
+
 /// The sans-IO caching proxy.
 pub struct Engine {
     config: Config,
@@ -156,6 +182,12 @@ pub struct Engine {
     hit_for_miss: HashMap<CacheKey, SystemTime>,
     /// Unsafe requests passed upstream, waiting for their status to invalidate.
     unsafe_passes: HashMap<ClientId, CacheKey>,
+    /// Disk loads under way, and the key each one is for.
+    loads: HashMap<EntryId, CacheKey>,
+    /// Requests waiting for their key's entries to load, by key.
+    parked: HashMap<CacheKey, Parked>,
+    /// The disk tier is not written to before this (a write failed).
+    disk_rest_until: Option<SystemTime>,
     outputs: VecDeque<Output>,
     next_fetch: u64,
     now: SystemTime,
@@ -177,7 +209,17 @@ impl Engine {
         Ok(Engine {
             policy: Policy::new(config.policy.clone()),
             ring: PeerSelection::new(config.ring, &config.peers),
-            store: Store::new(config.memory, config.policy.max_object_size),
+            store: Store::new(
+                config.memory,
+                config.policy.max_object_size,
+                config.disk,
+                if config.disk_clean_to == 0 {
+                    config.disk / 10 * 9
+                } else {
+                    config.disk_clean_to
+                },
+                config.first_entry_id,
+            ),
             passthrough,
             config,
             segments_of: HashMap::new(),
@@ -186,6 +228,9 @@ impl Engine {
             flights: HashMap::new(),
             hit_for_miss: HashMap::new(),
             unsafe_passes: HashMap::new(),
+            loads: HashMap::new(),
+            parked: HashMap::new(),
+            disk_rest_until: None,
             outputs: VecDeque::new(),
             next_fetch: 0,
             now: SystemTime::UNIX_EPOCH,
@@ -200,9 +245,19 @@ impl Engine {
         &self.ring
     }
 
-    /// Bytes and entries held in memory.
+    /// Bytes the memory tier holds (bodies and the metadata of hot entries).
     pub fn stored_bytes(&self) -> u64 {
-        self.store.bytes()
+        self.store.memory_bytes()
+    }
+
+    /// Bytes the disk tier holds.
+    pub fn disk_bytes(&self) -> u64 {
+        self.store.disk_bytes()
+    }
+
+    /// Whether the disk tier is resting after a failed write (nothing new goes to disk).
+    pub fn disk_resting(&self) -> bool {
+        self.disk_rest_until.is_some_and(|t| t > self.now)
     }
 
     pub fn stored_entries(&self) -> usize {
@@ -211,7 +266,10 @@ impl Engine {
 
     /// Requests and fetches the engine is tracking (zero when idle: nothing leaks).
     pub fn in_flight(&self) -> (usize, usize) {
-        (self.clients.len(), self.fetches.len())
+        (
+            self.clients.len() + self.parked.values().map(|p| p.clients.len()).sum::<usize>(),
+            self.fetches.len() + self.loads.len(),
+        )
     }
 
     /// The clients a fetch is feeding now (empty for an unknown fetch): adapters pace a
@@ -247,8 +305,15 @@ impl Engine {
             Input::UpstreamError { fetch, error } => self.on_error(fetch, error),
             Input::ClientGone { client } => {
                 self.unsafe_passes.remove(&client);
+                for p in self.parked.values_mut() {
+                    p.clients.retain(|(c, _)| *c != client);
+                }
                 self.on_client_gone(client)
             }
+            Input::Restored { entry, key, bytes } => self.on_restored(entry, key, bytes),
+            Input::Loaded { entry, meta, body } => self.on_loaded(entry, Some((meta, body))),
+            Input::LoadFailed { entry } => self.on_loaded(entry, None),
+            Input::WriteFailed { entry, tier, error } => self.on_write_failed(entry, tier, error),
             Input::PassResponse { client, head } => self.on_pass_response(client, &head),
             Input::PeersChanged { peers } => {
                 self.ring = PeerSelection::new(self.config.ring, &peers);
@@ -260,7 +325,12 @@ impl Engine {
 
     // ---- requests -------------------------------------------------------------------
 
-    fn on_request(&mut self, cid: ClientId, mut head: request::Parts, route: Route) {
+    fn on_request(&mut self, cid: ClientId, head: request::Parts, route: Route) {
+        self.lookup(cid, head, route, false)
+    }
+
+    /// Routes and looks a request up; `replayed` once its key's entries were loaded.
+    fn lookup(&mut self, cid: ClientId, mut head: request::Parts, route: Route, replayed: bool) {
         let key = match CacheKey::from_uri(&head.uri) {
             Ok(k) => k,
             Err(e) => {
@@ -319,12 +389,16 @@ impl Engine {
             });
             return;
         }
+        if !replayed && self.park_for_loads(cid, &key, &head) {
+            return;
+        }
         let mut client = Client::new(head, key.clone());
-        // Stored variants, best first.
-        let mut stale: Option<(u64, request::Parts)> = None;
-        let ids: Vec<u64> = self.store.variants(&key).to_vec();
+        client.replayed = replayed;
+        // Stored variants, newest first.
+        let mut stale: Option<(EntryId, request::Parts)> = None;
+        let ids: Vec<EntryId> = self.store.variants(&key).iter().rev().copied().collect();
         for id in ids {
-            let Some(entry) = self.store.get(id) else {
+            let Some(entry) = self.store.hot(id) else {
                 continue;
             };
             let reuse = self.policy.reuse(&entry.stored, &client.req, self.now);
@@ -446,17 +520,28 @@ impl Engine {
             .and_then(|i| {
                 self.store
                     .variants(&client.key.segment(*i))
-                    .first()
-                    .copied()
-            })
-            .and_then(|id| self.store.get(id)?.total);
+                    .iter()
+                    .find_map(|id| self.store.hot(*id)?.total)
+            });
         let Some(index) = segs.plan(&specs, known_total).single() else {
             return false;
         };
         let seg_key = client.key.segment(index);
-        let ids: Vec<u64> = self.store.variants(&seg_key).to_vec();
+        if !client.replayed {
+            let head = crate::heads::clone_request(&client.req);
+            if self.park_for_loads(cid, &seg_key, &head) {
+                return true;
+            }
+        }
+        let ids: Vec<EntryId> = self
+            .store
+            .variants(&seg_key)
+            .iter()
+            .rev()
+            .copied()
+            .collect();
         for id in ids {
-            let Some(entry) = self.store.get(id) else {
+            let Some(entry) = self.store.hot(id) else {
                 continue;
             };
             let ttl = entry.stored.ttl(self.now).as_secs() as i64;
@@ -576,13 +661,201 @@ impl Engine {
 
     /// Drops every stored response for `key` and its segments (RFC 9111 §4.4).
     fn invalidate(&mut self, key: &CacheKey) {
-        let mut dropped = self.store.remove_key(key);
+        let mut changes = Vec::new();
+        self.store.remove_key(key, &mut changes);
         for i in self.segments_of.remove(key).unwrap_or_default() {
-            dropped.extend(self.store.remove_key(&key.segment(i)));
+            self.store.remove_key(&key.segment(i), &mut changes);
         }
-        for (key, bytes) in dropped {
-            self.outputs.push_back(Output::Evicted { key, bytes });
+        self.apply(changes);
+    }
+
+    // ---- storage ----------------------------------------------------------------------
+
+    /// Turns index changes into outputs for the tiers.
+    fn apply(&mut self, changes: Vec<Change>) {
+        for c in changes {
+            match c {
+                Change::Delete { id, key, tier } => self.outputs.push_back(Output::Delete {
+                    entry: id,
+                    tier,
+                    key,
+                }),
+                Change::Gone { key } => self.forget_segment(&key),
+            }
         }
+    }
+
+    /// Parks a request whose key has cold variants, asking the disk tier for them. False
+    /// when everything the key has is already known.
+    fn park_for_loads(&mut self, cid: ClientId, key: &CacheKey, head: &request::Parts) -> bool {
+        let cold: Vec<(EntryId, u64)> = self
+            .store
+            .variants(key)
+            .iter()
+            .filter_map(|id| {
+                let s = self.store.slot(*id)?;
+                (s.hot.is_none()).then_some((*id, s.on_disk.unwrap_or(0)))
+            })
+            .collect();
+        let waiting = self.parked.get(key).is_some_and(|p| p.loads > 0);
+        if cold.is_empty() && !waiting {
+            return false;
+        }
+        let parked = self.parked.entry(key.clone()).or_default();
+        parked
+            .clients
+            .push((cid, crate::heads::clone_request(head)));
+        for (id, bytes) in cold {
+            if self.loads.contains_key(&id) {
+                continue;
+            }
+            self.loads.insert(id, key.clone());
+            self.parked.get_mut(key).expect("made").loads += 1;
+            let body = self.store.fits_memory(bytes);
+            self.outputs.push_back(Output::Load { entry: id, body });
+        }
+        true
+    }
+
+    /// An entry's metadata (and maybe body) arrived from the disk tier, or could not be read
+    /// (`None`): warm it up or forget it, then replay the requests that waited for it.
+    fn on_loaded(&mut self, id: EntryId, loaded: Option<(Bytes, Option<Bytes>)>) {
+        let Some(key) = self.loads.remove(&id) else {
+            return;
+        };
+        let mut changes = Vec::new();
+        match loaded.and_then(|(meta, body)| Some((self.rebuild(id, &key, &meta)?, body))) {
+            Some((hot, body)) if body.as_ref().is_none_or(|b| b.len() as u64 == hot.body_len) => {
+                let with_body = body.is_some();
+                if self.store.warm(id, hot, with_body, &mut changes) {
+                    let slot_key = key.clone();
+                    self.outputs.push_back(Output::Write {
+                        entry: id,
+                        tier: Tier::Memory,
+                        key: slot_key,
+                        meta: Bytes::new(),
+                        body: body.expect("with body"),
+                    });
+                }
+            }
+            // Unreadable, corrupt, or no longer storable: a miss, and the record goes.
+            _ => self.store.remove(id, &mut changes),
+        }
+        self.apply(changes);
+        let done = self.parked.get_mut(&key).is_some_and(|p| {
+            p.loads = p.loads.saturating_sub(1);
+            p.loads == 0
+        });
+        if done {
+            let parked = self.parked.remove(&key).expect("checked");
+            for (cid, head) in parked.clients {
+                self.lookup(cid, head, Route::Local, true);
+            }
+        }
+    }
+
+    /// The engine's view of a record: checked against the slot it was loaded for, and
+    /// judged again by today's policy (configuration may have changed since it was stored).
+    fn rebuild(&self, id: EntryId, key: &CacheKey, meta: &[u8]) -> Option<Hot> {
+        let meta = Meta::decode(meta).ok()?;
+        let slot = self.store.slot(id)?;
+        if meta.id != id || meta.key != *key || slot.key != *key {
+            return None;
+        }
+        let stored = self
+            .policy
+            .storable(&meta.request, &meta.response, meta.response_time)
+            .ok()?;
+        let body_len = policy::content_length(&meta.response.headers)?;
+        Some(Hot {
+            stored,
+            head: meta.response,
+            total: meta.total,
+            body_len,
+        })
+    }
+
+    /// An entry the disk tier holds, announced at start-up.
+    fn on_restored(&mut self, id: EntryId, key: CacheKey, bytes: u64) {
+        let mut changes = Vec::new();
+        if self.store.restore(id, key.clone(), bytes, &mut changes) {
+            self.remember_segment(&key);
+        } else if self.store.slot(id).is_none() {
+            // No room (or no disk tier): the record is not ours to keep.
+            changes.push(Change::Delete {
+                id,
+                key,
+                tier: Tier::Disk,
+            });
+        }
+        self.apply(changes);
+    }
+
+    /// A tier could not take a write: the entry is not there, and the disk tier rests.
+    fn on_write_failed(&mut self, id: EntryId, tier: Tier, _error: StorageError) {
+        let mut changes = Vec::new();
+        self.store.drop_tier(id, tier, &mut changes);
+        if tier == Tier::Disk {
+            self.disk_rest_until = Some(crate::time::after(self.now, DISK_RETRY));
+        }
+        self.apply(changes);
+    }
+
+    /// Stores a complete response in the tiers that take it.
+    fn store_response(
+        &mut self,
+        key: CacheKey,
+        stored: Stored,
+        sent: &request::Parts,
+        head: response::Parts,
+        body: Bytes,
+        total: Option<u64>,
+    ) -> bool {
+        let id = self.store.next_id();
+        let meta = (self.store.has_disk() && !self.disk_resting()).then(|| {
+            Meta {
+                id,
+                key: key.clone(),
+                response_time: stored.response_time(),
+                request: stored.kept_request(sent),
+                response: crate::heads::clone_response(&head),
+                total,
+            }
+            .encode()
+        });
+        let record = meta
+            .as_ref()
+            .map(|m| (entry::HEADER_LEN + m.len() + body.len()) as u64);
+        let hot = Hot {
+            stored,
+            head,
+            total,
+            body_len: body.len() as u64,
+        };
+        let mut changes = Vec::new();
+        let (in_memory, on_disk) = self
+            .store
+            .insert(id, key.clone(), hot, record, &mut changes);
+        self.apply(changes);
+        if in_memory {
+            self.outputs.push_back(Output::Write {
+                entry: id,
+                tier: Tier::Memory,
+                key: key.clone(),
+                meta: Bytes::new(),
+                body: body.clone(),
+            });
+        }
+        if let (true, Some(meta)) = (on_disk, meta) {
+            self.outputs.push_back(Output::Write {
+                entry: id,
+                tier: Tier::Disk,
+                key,
+                meta,
+                body,
+            });
+        }
+        in_memory || on_disk
     }
 
     // ---- upstream ---------------------------------------------------------------------
@@ -608,19 +881,19 @@ impl Engine {
                 if head.status == StatusCode::NOT_MODIFIED {
                     let outcome = self
                         .store
-                        .get(variant)
+                        .hot(variant)
                         .map(|e| self.policy.revalidated(&e.stored, &f.sent, &head, now));
                     if let Some(Revalidated::NotModified {
                         stored,
                         head: merged,
                     }) = outcome
                     {
-                        let entry = self.store.get_mut(variant).expect("checked");
+                        let entry = self.store.hot_mut(variant).expect("checked");
                         entry.stored = *stored;
                         entry.head = merged;
                         // The merged head comes from the policy's copy of the response as it
                         // arrived (a chunked one had no length); the stored body has one.
-                        let len = entry.body.len();
+                        let len = entry.body_len;
                         entry
                             .head
                             .headers
@@ -858,23 +1131,12 @@ impl Engine {
                 FetchKind::Segment { .. } => f.total,
                 _ => None,
             };
-            let (id, dropped) = self.store.insert(f.key.clone(), stored, head, body, total);
-            if let (Some(_), FetchKind::Segment { index }) = (id, f.kind) {
+            let kept = self.store_response(f.key.clone(), stored, &f.sent, head, body, total);
+            if let (true, FetchKind::Segment { index }) = (kept, f.kind) {
                 let ix = self.segments_of.entry(f.object_key.clone()).or_default();
                 if !ix.contains(&index) {
                     ix.push(index);
                 }
-            }
-            if let Some(id) = id {
-                let bytes = self.store.get(id).map(|e| e.body.len() as u64).unwrap_or(0);
-                self.outputs.push_back(Output::Stored {
-                    key: f.key.clone(),
-                    bytes,
-                });
-            }
-            for (key, bytes) in dropped {
-                self.forget_segment(&key);
-                self.outputs.push_back(Output::Evicted { key, bytes });
             }
         }
         for cid in f.clients {
@@ -1030,11 +1292,11 @@ impl Engine {
     fn serve_stale_on_error(
         &mut self,
         fid: FetchId,
-        variant: u64,
+        variant: EntryId,
         detail: &'static str,
         cancel: bool,
     ) -> bool {
-        let Some(entry) = self.store.get(variant) else {
+        let Some(entry) = self.store.hot(variant) else {
             return false;
         };
         let f = &self.fetches[&fid];
@@ -1075,7 +1337,7 @@ impl Engine {
             .copied()
             .filter(|i| {
                 self.store.variants(&object.segment(*i)).iter().any(|id| {
-                    self.store.get(*id).is_some_and(|e| {
+                    self.store.hot(*id).is_some_and(|e| {
                         e.total != Some(total)
                             || ((has_validator(&e.head.headers) || has_validator(now))
                                 && !segment::same_representation(&e.head.headers, now))
@@ -1083,26 +1345,36 @@ impl Engine {
                 })
             })
             .collect();
+        let mut changes = Vec::new();
         for i in other {
-            for (key, bytes) in self.store.remove_key(&object.segment(i)) {
-                self.forget_segment(&key);
-                self.outputs.push_back(Output::Evicted { key, bytes });
-            }
+            self.store.remove_key(&object.segment(i), &mut changes);
         }
+        self.apply(changes);
     }
 
-    /// A segment entry left the store: drop it from its object's index.
+    /// A segment entry left the store: drop it from its object's index (unless another
+    /// variant of it is still stored).
     fn forget_segment(&mut self, key: &CacheKey) {
-        let Some((object, index)) = key.as_str().rsplit_once("#seg=") else {
+        if !self.store.variants(key).is_empty() {
             return;
-        };
-        let (object, Ok(index)) = (CacheKey::from_normalized(object), index.parse::<u64>()) else {
+        }
+        let Some((object, index)) = split_segment(key) else {
             return;
         };
         if let Some(ix) = self.segments_of.get_mut(&object) {
             ix.retain(|i| *i != index);
             if ix.is_empty() {
                 self.segments_of.remove(&object);
+            }
+        }
+    }
+
+    /// A segment entry came back from disk: list it under its object.
+    fn remember_segment(&mut self, key: &CacheKey) {
+        if let Some((object, index)) = split_segment(key) {
+            let ix = self.segments_of.entry(object).or_default();
+            if !ix.contains(&index) {
+                ix.push(index);
             }
         }
     }
@@ -1127,14 +1399,14 @@ impl Engine {
     }
 
     /// Seconds an entry is past its freshness (0 while fresh), for `Cache-Status: ttl=-N`.
-    fn now_staleness(&self, id: u64) -> i64 {
-        self.store.get(id).map_or(0, |e| {
+    fn now_staleness(&self, id: EntryId) -> i64 {
+        self.store.hot(id).map_or(0, |e| {
             self.policy.staleness(&e.stored, self.now).as_secs() as i64
         })
     }
 
     /// A revalidation ended in 304: every waiting client is answered from the entry.
-    fn finish_from_entry(&mut self, fid: FetchId, variant: u64, stored: bool) {
+    fn finish_from_entry(&mut self, fid: FetchId, variant: EntryId, stored: bool) {
         let f = self.fetches.get(&fid).expect("exists");
         let clients = f.clients.clone();
         self.drop_fetch(fid, false);
@@ -1232,6 +1504,12 @@ fn explain(detail: &str) -> &'static str {
         }
         _ => "upstream failed",
     }
+}
+
+/// A segment key's object and index.
+fn split_segment(key: &CacheKey) -> Option<(CacheKey, u64)> {
+    let (object, index) = key.as_str().rsplit_once("#seg=")?;
+    Some((CacheKey::from_normalized(object), index.parse().ok()?))
 }
 
 fn split(d: Result<Stored, NotStored>) -> (Option<Stored>, Option<NotStored>) {

@@ -6,7 +6,8 @@ use crate::cache_status::CacheStatus;
 use crate::heads::clone_response;
 use crate::policy::conditional;
 use crate::range::{self, ByteRange};
-use bytes::{Bytes, BytesMut};
+use crate::storage::{EntryId, Piece, StoredBody};
+use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header, response};
 
 /// What a client gets for a representation of `total` bytes.
@@ -106,32 +107,40 @@ fn partial(head: &response::Parts, r: ByteRange, total: u64) -> response::Parts 
     out
 }
 
-/// `multipart/byteranges` (RFC 9110 §14.6) for several ranges of a stored body.
+/// `multipart/byteranges` (RFC 9110 §14.6) for several ranges of a stored body: the
+/// boundaries made here, the ranges read from the tier.
 fn multipart(
     head: &response::Parts,
-    body: &Bytes,
-    base: u64,
     ranges: &[ByteRange],
     total: u64,
-) -> (response::Parts, Bytes) {
+) -> (response::Parts, Vec<Piece>) {
     let boundary = format!("larder-{:016x}", total ^ ((ranges.len() as u64) << 48));
     let ctype = head
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let mut out = BytesMut::new();
+    let mut pieces = Vec::with_capacity(2 * ranges.len() + 1);
+    let mut len = 0u64;
     for r in ranges {
-        out.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
+        let mut part = format!("\r\n--{boundary}\r\n");
         if let Some(ct) = &ctype {
-            out.extend_from_slice(format!("Content-Type: {ct}\r\n").as_bytes());
+            part.push_str(&format!("Content-Type: {ct}\r\n"));
         }
-        out.extend_from_slice(
-            format!("Content-Range: {}\r\n\r\n", r.content_range(total)).as_bytes(),
-        );
-        out.extend_from_slice(&body[(r.start - base) as usize..=(r.end - base) as usize]);
+        part.push_str(&format!(
+            "Content-Range: {}\r\n\r\n",
+            r.content_range(total)
+        ));
+        len += part.len() as u64 + r.len();
+        pieces.push(Piece::Literal(Bytes::from(part)));
+        pieces.push(Piece::Slice {
+            start: r.start,
+            len: r.len(),
+        });
     }
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let end = format!("\r\n--{boundary}--\r\n");
+    len += end.len() as u64;
+    pieces.push(Piece::Literal(Bytes::from(end)));
     let mut h = clone_response(head);
     h.status = StatusCode::PARTIAL_CONTENT;
     h.headers.insert(
@@ -139,13 +148,13 @@ fn multipart(
         HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
             .expect("ascii"),
     );
-    h.headers.insert(header::CONTENT_LENGTH, out.len().into());
-    (h, out.freeze())
+    h.headers.insert(header::CONTENT_LENGTH, len.into());
+    (h, pieces)
 }
 
 impl Engine {
     /// Answers a client from a stored entry (whole object or one segment of it).
-    pub(super) fn answer_from_entry(&mut self, cid: ClientId, id: u64, status: CacheStatus) {
+    pub(super) fn answer_from_entry(&mut self, cid: ClientId, id: EntryId, status: CacheStatus) {
         let Some(client) = self.clients.remove(&cid) else {
             return;
         };
@@ -154,7 +163,9 @@ impl Engine {
                 f.clients.retain(|x| *x != cid);
             }
         }
-        let Some(e) = self.store.get(id) else { return };
+        let (Some(e), Some(tier)) = (self.store.hot(id), self.store.body_tier(id)) else {
+            return;
+        };
         let age = e.stored.age(self.now).as_secs();
         let (total, base) = match e.total {
             Some(t) => {
@@ -162,22 +173,28 @@ impl Engine {
                     .config
                     .segment_size
                     .unwrap_or(crate::segment::DEFAULT_SEGMENT_SIZE);
-                let index = e
-                    .key
-                    .as_str()
-                    .rsplit_once("#seg=")
-                    .and_then(|(_, i)| i.parse::<u64>().ok())
+                let index = self
+                    .store
+                    .slot(id)
+                    .and_then(|s| s.key.as_str().rsplit_once("#seg=")?.1.parse::<u64>().ok())
                     .unwrap_or(0);
                 (t, index.saturating_mul(size))
             }
-            None => (e.body.len() as u64, 0),
+            None => (e.body_len, 0),
         };
         let mut whole = clone_response(&e.head);
         if e.total.is_some() {
             // A segment is stored with its own length; clients see the whole object's.
             whole.headers.insert(header::CONTENT_LENGTH, total.into());
         }
-        let held = base..base.saturating_add(e.body.len() as u64);
+        let stored = |pieces| {
+            ResponseBody::Stored(StoredBody {
+                entry: id,
+                tier,
+                pieces,
+            })
+        };
+        let held = base..base.saturating_add(e.body_len);
         let (mut head, body) = match shape(&client.req, &whole, Some(total)) {
             Shape::NotModified => (
                 conditional::not_modified_response(&whole),
@@ -186,16 +203,23 @@ impl Engine {
             Shape::Head => (whole, ResponseBody::Empty),
             Shape::Unsatisfiable => (unsatisfiable(Some(total)), ResponseBody::Empty),
             Shape::Single(r) if held.contains(&r.start) && held.contains(&r.end) => {
-                let slice = e
-                    .body
-                    .slice((r.start - base) as usize..=(r.end - base) as usize);
-                (partial(&whole, r, total), ResponseBody::Full(slice))
+                let slice = Piece::Slice {
+                    start: r.start - base,
+                    len: r.len(),
+                };
+                (partial(&whole, r, total), stored(vec![slice]))
             }
             Shape::Multi(rs) if e.total.is_none() => {
-                let (h, b) = multipart(&whole, &e.body, 0, &rs, total);
-                (h, ResponseBody::Full(b))
+                let (h, pieces) = multipart(&whole, &rs, total);
+                (h, stored(pieces))
             }
-            _ if e.total.is_none() => (whole, ResponseBody::Full(e.body.clone())),
+            _ if e.total.is_none() => {
+                let all = Piece::Slice {
+                    start: 0,
+                    len: e.body_len,
+                };
+                (whole, stored(vec![all]))
+            }
             // A segment cannot serve what lies outside it; planning never asks it to.
             _ => (unsatisfiable(Some(total)), ResponseBody::Empty),
         };

@@ -1,164 +1,383 @@
-//! The memory tier: variants per key, bodies as shared `Bytes`, weighed by an LRU.
+//! The engine's index of stored entries: the variants of each key, the policy facts of hot
+//! entries, and which tier holds each body. The bodies themselves are the tiers' business
+//! ([`crate::storage`]): the index says what to write and delete, as [`Change`]s.
+//!
+//! An entry is *hot* while its metadata ([`Hot`]) is in memory; it is weighed in the memory
+//! tier's LRU then (with its body when the memory tier holds that too). An entry only on
+//! disk is *cold*: a key and a size, a few dozen bytes, until a request loads it.
 
 use crate::key::CacheKey;
 use crate::lru::{Admission, Eviction, Lru};
 use crate::policy::Stored;
-use bytes::Bytes;
+use crate::storage::{EntryId, Tier};
 use hashbrown::HashMap;
 use http::response;
 
-/// One stored response.
+/// What the engine knows of an entry whose metadata is loaded.
 #[derive(Debug)]
-pub struct Entry {
-    pub key: CacheKey,
+pub struct Hot {
     pub stored: Stored,
     pub head: response::Parts,
-    pub body: Bytes,
     /// For a segment entry: the whole object's length.
     pub total: Option<u64>,
-    weight: u64,
+    pub body_len: u64,
+}
+
+#[derive(Debug)]
+pub struct Slot {
+    pub key: CacheKey,
+    /// In the memory LRU exactly when present.
+    pub hot: Option<Box<Hot>>,
+    /// The memory tier holds the body.
+    pub in_memory: bool,
+    /// Bytes in the disk tier (in the disk LRU exactly when present).
+    pub on_disk: Option<u64>,
+}
+
+/// What the tiers must do after an index change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Free this entry's storage in `tier`.
+    Delete {
+        id: EntryId,
+        key: CacheKey,
+        tier: Tier,
+    },
+    /// The index forgot an entry of `key` altogether.
+    Gone { key: CacheKey },
 }
 
 #[derive(Debug)]
 pub struct Store {
-    variants: HashMap<CacheKey, Vec<u64>>,
-    entries: HashMap<u64, Entry>,
-    lru: Lru<u64>,
+    variants: HashMap<CacheKey, Vec<EntryId>>,
+    slots: HashMap<EntryId, Slot>,
+    memory: Lru<EntryId>,
+    disk: Lru<EntryId>,
+    /// Disk eviction runs from the high watermark (the LRU's capacity) down to this.
+    disk_clean_to: u64,
     next_id: u64,
 }
 
-/// Bytes an entry costs beyond its parts: the `Entry` itself in the id map (with the map's
-/// growth slack), its LRU node, its slot in the variant index, and allocator overhead.
+/// Bytes a hot entry costs beyond its parts: the slot in the id map (with the map's growth
+/// slack), its LRU node, its place in the variant index, and allocator overhead.
 const ENTRY_FIXED: u64 = 640;
 
-/// What an entry really costs on the heap: body, the served head, the policy's copies
-/// ([`Stored::footprint`]), and the key twice (entry and variant index). Calibrated against a
-/// counting allocator (core/tests/memory_weight.rs), so `--memory` bounds the process.
-fn weigh(key: &CacheKey, head: &response::Parts, body: &Bytes, stored: &Stored) -> u64 {
-    body.len() as u64
-        + crate::heads::fields_footprint(&head.headers)
-        + stored.footprint()
+/// What a hot entry really costs on the heap: the served head, the policy's copies
+/// ([`Stored::footprint`]), the key twice (slot and variant index), and the body when the
+/// memory tier holds it. Calibrated against a counting allocator
+/// (core/tests/memory_weight.rs), so `--memory` bounds the process.
+fn weigh(key: &CacheKey, hot: &Hot, with_body: bool) -> u64 {
+    let body = if with_body { hot.body_len } else { 0 };
+    body + crate::heads::fields_footprint(&hot.head.headers)
+        + hot.stored.footprint()
         + 2 * key.as_str().len() as u64
         + ENTRY_FIXED
 }
 
 impl Store {
-    pub fn new(capacity: u64, max_object: u64) -> Self {
+    /// `memory` and `disk` budgets in bytes (disk 0: no disk tier); ids start at `first_id`.
+    pub fn new(memory: u64, max_object: u64, disk: u64, disk_clean_to: u64, first_id: u64) -> Self {
         Store {
             variants: HashMap::new(),
-            entries: HashMap::new(),
-            lru: Lru::new(capacity, max_object + 64 * 1024),
-            next_id: 0,
+            slots: HashMap::new(),
+            memory: Lru::new(memory, max_object + 64 * 1024),
+            disk: Lru::new(disk, disk),
+            disk_clean_to: disk_clean_to.min(disk),
+            next_id: first_id,
         }
     }
 
-    pub fn variants(&self, key: &CacheKey) -> &[u64] {
+    /// A fresh id, never handed out before by this index.
+    pub fn next_id(&mut self) -> EntryId {
+        let id = EntryId(self.next_id);
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    pub fn has_disk(&self) -> bool {
+        self.disk.capacity() > 0
+    }
+
+    /// Whether a body this long would be kept in memory (promotion reads it whole).
+    pub fn fits_memory(&self, body_len: u64) -> bool {
+        body_len <= self.memory.capacity() / 8
+    }
+
+    pub fn variants(&self, key: &CacheKey) -> &[EntryId] {
         self.variants.get(key).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    pub fn get(&self, id: u64) -> Option<&Entry> {
-        self.entries.get(&id)
+    pub fn slot(&self, id: EntryId) -> Option<&Slot> {
+        self.slots.get(&id)
     }
 
-    pub fn get_mut(&mut self, id: u64) -> Option<&mut Entry> {
-        self.entries.get_mut(&id)
+    pub fn hot(&self, id: EntryId) -> Option<&Hot> {
+        self.slots.get(&id)?.hot.as_deref()
     }
 
-    pub fn touch(&mut self, id: u64) {
-        self.lru.touch(&id);
+    pub fn hot_mut(&mut self, id: EntryId) -> Option<&mut Hot> {
+        self.slots.get_mut(&id)?.hot.as_deref_mut()
     }
 
-    pub fn bytes(&self) -> u64 {
-        self.lru.weight()
+    /// The tier a hot entry's body is read from.
+    pub fn body_tier(&self, id: EntryId) -> Option<Tier> {
+        let s = self.slots.get(&id)?;
+        if s.in_memory {
+            Some(Tier::Memory)
+        } else {
+            s.on_disk.map(|_| Tier::Disk)
+        }
+    }
+
+    pub fn touch(&mut self, id: EntryId) {
+        self.memory.touch(&id);
+        self.disk.touch(&id);
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.weight()
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk.weight()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.slots.len()
     }
 
-    /// Stores a response, replacing the variant with the same Vary selection. Returns the
-    /// new id (None when too large) and what was dropped.
+    /// Adds a new entry: hot, with its body in memory when the memory tier admits it, and on
+    /// disk when `disk_bytes` is given and the disk tier admits it. Replaces hot variants
+    /// with the same Vary selection. Returns where it went (memory, disk); nothing kept at
+    /// all leaves no slot.
     pub fn insert(
         &mut self,
+        id: EntryId,
         key: CacheKey,
-        stored: Stored,
-        head: response::Parts,
-        body: Bytes,
-        total: Option<u64>,
-    ) -> (Option<u64>, Vec<(CacheKey, u64)>) {
-        let mut dropped = Vec::new();
-        let same: Vec<u64> = self
+        hot: Hot,
+        disk_bytes: Option<u64>,
+        out: &mut Vec<Change>,
+    ) -> (bool, bool) {
+        let same: Vec<EntryId> = self
             .variants(&key)
             .iter()
             .copied()
-            .filter(|id| {
-                self.entries
-                    .get(id)
-                    .is_some_and(|e| e.stored.vary() == stored.vary())
+            .filter(|v| {
+                self.hot(*v)
+                    .is_some_and(|h| h.stored.vary() == hot.stored.vary())
             })
             .collect();
-        for id in same {
-            if let Some(d) = self.remove(id) {
-                dropped.push(d);
-            }
+        for v in same {
+            self.remove(v, out);
         }
-        let weight = weigh(&key, &head, &body, &stored);
-        let id = self.next_id;
-        self.next_id += 1;
-        match self.lru.admit(id, weight) {
-            Admission::TooLarge { .. } => (None, dropped),
-            Admission::Admitted { evicted } => {
-                for (eid, _) in evicted {
-                    if let Some(d) = self.forget(eid) {
-                        dropped.push(d);
-                    }
-                }
-                let ids = self.variants.entry(key.clone()).or_default();
-                ids.push(id);
-                let excess = ids.len().saturating_sub(super::MAX_VARIANTS);
-                let oldest: Vec<u64> = ids.iter().copied().take(excess).collect();
-                for old in oldest {
-                    if let Some(d) = self.remove(old) {
-                        dropped.push(d);
-                    }
-                }
-                self.entries.insert(
-                    id,
-                    Entry {
-                        key,
-                        stored,
-                        head,
-                        body,
-                        total,
-                        weight,
-                    },
-                );
-                (Some(id), dropped)
-            }
+        self.slots.insert(
+            id,
+            Slot {
+                key: key.clone(),
+                hot: None,
+                in_memory: false,
+                on_disk: None,
+            },
+        );
+        self.variants.entry(key.clone()).or_default().push(id);
+        let on_disk = disk_bytes.is_some_and(|b| self.admit_disk(id, b, out));
+        let in_memory = self.admit_hot(id, hot, true, out);
+        if !in_memory && !on_disk {
+            self.remove(id, out);
+            return (false, false);
         }
+        self.cap_variants(&key, out);
+        (in_memory, on_disk)
     }
 
-    /// Removes one entry.
-    pub fn remove(&mut self, id: u64) -> Option<(CacheKey, u64)> {
-        self.lru.remove(&id);
-        self.forget(id)
+    /// Indexes an entry the disk tier holds (cold). False when the disk budget refuses it.
+    pub fn restore(
+        &mut self,
+        id: EntryId,
+        key: CacheKey,
+        bytes: u64,
+        out: &mut Vec<Change>,
+    ) -> bool {
+        if self.slots.contains_key(&id) || !self.has_disk() {
+            return false;
+        }
+        self.slots.insert(
+            id,
+            Slot {
+                key: key.clone(),
+                hot: None,
+                in_memory: false,
+                on_disk: None,
+            },
+        );
+        self.variants.entry(key.clone()).or_default().push(id);
+        if !self.admit_disk(id, bytes, out) {
+            self.remove(id, out);
+            return false;
+        }
+        self.cap_variants(&key, out);
+        true
+    }
+
+    /// A cold entry's metadata arrived: make it hot (and its body resident when `with_body`
+    /// and the memory tier admits it). Returns whether the body is now in memory.
+    pub fn warm(&mut self, id: EntryId, hot: Hot, with_body: bool, out: &mut Vec<Change>) -> bool {
+        if !self.slots.contains_key(&id) {
+            return false;
+        }
+        self.admit_hot(id, hot, with_body, out)
+    }
+
+    /// Takes an entry out of one tier (a failed write); the slot goes when no tier is left.
+    pub fn drop_tier(&mut self, id: EntryId, tier: Tier, out: &mut Vec<Change>) {
+        match tier {
+            Tier::Disk => {
+                if self.disk.remove(&id).is_some() {
+                    if let Some(s) = self.slots.get_mut(&id) {
+                        s.on_disk = None;
+                    }
+                }
+            }
+            Tier::Memory => self.cool(id, out),
+        }
+        self.forget_if_empty(id, out);
+    }
+
+    /// Removes one entry from every tier.
+    pub fn remove(&mut self, id: EntryId, out: &mut Vec<Change>) {
+        self.memory.remove(&id);
+        self.disk.remove(&id);
+        let Some(s) = self.slots.remove(&id) else {
+            return;
+        };
+        if s.in_memory {
+            out.push(Change::Delete {
+                id,
+                key: s.key.clone(),
+                tier: Tier::Memory,
+            });
+        }
+        if s.on_disk.is_some() {
+            out.push(Change::Delete {
+                id,
+                key: s.key.clone(),
+                tier: Tier::Disk,
+            });
+        }
+        if let Some(v) = self.variants.get_mut(&s.key) {
+            v.retain(|x| *x != id);
+            if v.is_empty() {
+                self.variants.remove(&s.key);
+            }
+        }
+        out.push(Change::Gone { key: s.key });
     }
 
     /// Removes every variant of `key`.
-    pub fn remove_key(&mut self, key: &CacheKey) -> Vec<(CacheKey, u64)> {
-        let ids = self.variants.get(key).cloned().unwrap_or_default();
-        ids.into_iter().filter_map(|id| self.remove(id)).collect()
+    pub fn remove_key(&mut self, key: &CacheKey, out: &mut Vec<Change>) {
+        for id in self.variants.get(key).cloned().unwrap_or_default() {
+            self.remove(id, out);
+        }
     }
 
-    /// Drops an entry the LRU no longer holds.
-    fn forget(&mut self, id: u64) -> Option<(CacheKey, u64)> {
-        let e = self.entries.remove(&id)?;
-        if let Some(v) = self.variants.get_mut(&e.key) {
-            v.retain(|x| *x != id);
-            if v.is_empty() {
-                self.variants.remove(&e.key);
+    /// Hot in the memory LRU; the body too when `with_body` and it fits.
+    fn admit_hot(&mut self, id: EntryId, hot: Hot, with_body: bool, out: &mut Vec<Change>) -> bool {
+        let Some(key) = self.slots.get(&id).map(|s| s.key.clone()) else {
+            return false;
+        };
+        let mut attempts = if with_body {
+            vec![true, false]
+        } else {
+            vec![false]
+        };
+        let mut hot = Some(hot);
+        while let Some(body) = attempts.first().copied() {
+            attempts.remove(0);
+            let weight = weigh(&key, hot.as_ref().expect("kept"), body);
+            match self.memory.admit(id, weight) {
+                Admission::TooLarge { .. } => continue,
+                Admission::Admitted { evicted } => {
+                    let s = self.slots.get_mut(&id).expect("checked");
+                    s.hot = hot.take().map(Box::new);
+                    s.in_memory = body;
+                    for (e, _) in evicted {
+                        self.cool(e, out);
+                        self.forget_if_empty(e, out);
+                    }
+                    return body && self.slots.get(&id).is_some_and(|s| s.in_memory);
+                }
             }
         }
-        Some((e.key, e.weight))
+        false
+    }
+
+    /// In the disk LRU, evicting from the high watermark down to the low one.
+    fn admit_disk(&mut self, id: EntryId, bytes: u64, out: &mut Vec<Change>) -> bool {
+        if !self.has_disk() || bytes > self.disk.capacity() {
+            return false;
+        }
+        let mut evicted = Vec::new();
+        if self.disk.weight().saturating_add(bytes) > self.disk.capacity() {
+            evicted = self
+                .disk
+                .shrink_to(self.disk_clean_to.saturating_sub(bytes));
+        }
+        match self.disk.admit(id, bytes) {
+            Admission::TooLarge { .. } => return false,
+            Admission::Admitted { evicted: more } => evicted.extend(more),
+        }
+        if let Some(s) = self.slots.get_mut(&id) {
+            s.on_disk = Some(bytes);
+        }
+        for (e, _) in evicted {
+            if let Some(s) = self.slots.get_mut(&e) {
+                s.on_disk = None;
+                out.push(Change::Delete {
+                    id: e,
+                    key: s.key.clone(),
+                    tier: Tier::Disk,
+                });
+            }
+            self.forget_if_empty(e, out);
+        }
+        true
+    }
+
+    /// Out of the memory tier: metadata dropped, body freed; still indexed if on disk.
+    fn cool(&mut self, id: EntryId, out: &mut Vec<Change>) {
+        self.memory.remove(&id);
+        let Some(s) = self.slots.get_mut(&id) else {
+            return;
+        };
+        s.hot = None;
+        if s.in_memory {
+            s.in_memory = false;
+            out.push(Change::Delete {
+                id,
+                key: s.key.clone(),
+                tier: Tier::Memory,
+            });
+        }
+    }
+
+    /// A slot in no tier at all is forgotten.
+    fn forget_if_empty(&mut self, id: EntryId, out: &mut Vec<Change>) {
+        if self
+            .slots
+            .get(&id)
+            .is_some_and(|s| s.hot.is_none() && s.on_disk.is_none())
+        {
+            self.remove(id, out);
+        }
+    }
+
+    /// A key keeps at most [`super::MAX_VARIANTS`] variants, the oldest go first.
+    fn cap_variants(&mut self, key: &CacheKey, out: &mut Vec<Change>) {
+        let ids = self.variants(key);
+        let excess = ids.len().saturating_sub(super::MAX_VARIANTS);
+        let oldest: Vec<EntryId> = ids.iter().copied().take(excess).collect();
+        for old in oldest {
+            self.remove(old, out);
+        }
     }
 }

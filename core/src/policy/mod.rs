@@ -138,6 +138,9 @@ pub struct Stored {
     validators: Vec<(HeaderName, http::HeaderValue)>,
     shared: bool,
     set_cookie: bool,
+    /// When the response (or the 304 that last refreshed it) arrived: with the stored
+    /// request and head, all a persistent tier needs to rebuild this value.
+    response_time: SystemTime,
 }
 
 /// How a stored response may be used for a request.
@@ -421,6 +424,7 @@ impl Policy {
             validators: validators_of(&res.headers),
             shared,
             set_cookie,
+            response_time: now,
         })
     }
 
@@ -539,6 +543,7 @@ impl Policy {
                     },
                     shared: stored.shared,
                     set_cookie: stored.set_cookie,
+                    response_time: now,
                 };
                 Revalidated::NotModified {
                     stored: Box::new(stored),
@@ -580,6 +585,17 @@ impl Policy {
 }
 
 impl Stored {
+    /// When the response (or its last refresh) arrived.
+    pub fn response_time(&self) -> SystemTime {
+        self.response_time
+    }
+
+    /// The request as this entry keeps it (see [`crate::storage::entry::Meta::request`]):
+    /// what [`Policy::storable`] needs to rebuild the entry from a persistent tier.
+    pub fn kept_request(&self, sent: &request::Parts) -> request::Parts {
+        policy_request(sent, &self.vary)
+    }
+
     /// Heap bytes held by this value (not counting the body and the served head).
     pub fn footprint(&self) -> u64 {
         self.footprint

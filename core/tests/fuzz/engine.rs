@@ -20,8 +20,10 @@ use http::{HeaderMap, StatusCode, header, request, response};
 use larder_core::engine::UpstreamError;
 use larder_core::policy::{CacheMode, PolicyConfig};
 use larder_core::range;
+use larder_core::storage::entry;
 use larder_core::{
-    CacheKey, ClientId, Config, Engine, FetchId, Input, Output, ResponseBody, Route,
+    CacheKey, ClientId, Config, Engine, EntryId, FetchId, Input, MemoryTier, Output, ResponseBody,
+    Route, Tier,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -50,6 +52,7 @@ const PEERS: [&str; 3] = [
 #[derive(Debug, Clone)]
 pub struct Cfg {
     memory: u64,
+    disk: u64,
     max_object: u64,
     segment_size: Option<u64>,
     min_ttl: u64,
@@ -127,7 +130,10 @@ pub struct Case {
 
 fn cfg() -> impl Strategy<Value = Cfg> {
     (
-        select(&[0u64, 600, 2_000, 8_000, 1 << 20][..]),
+        (
+            select(&[0u64, 600, 2_000, 8_000, 1 << 20][..]),
+            select(&[0u64, 0, 900, 1 << 20][..]),
+        ),
         select(&[0u64, 40, 300, 64 << 20][..]),
         select(&[None, Some(1u64), Some(5), Some(16), Some(64), Some(2 << 20)][..]),
         select(&[0u64, 0, 60, u64::MAX / 4][..]),
@@ -139,7 +145,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
     )
         .prop_map(
             |(
-                memory,
+                (memory, disk),
                 max_object,
                 segment_size,
                 min_ttl,
@@ -150,6 +156,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
                 start,
             )| Cfg {
                 memory,
+                disk,
                 max_object,
                 segment_size,
                 min_ttl,
@@ -272,6 +279,9 @@ impl ClientBook {
 struct Driver {
     engine: Engine,
     memory: u64,
+    /// The tiers, carried out at once.
+    hot: MemoryTier,
+    records: std::collections::HashMap<EntryId, bytes::Bytes>,
     now: SystemTime,
     objects: Vec<Option<CacheKey>>,
     fetches: BTreeMap<FetchId, OpenFetch>,
@@ -332,6 +342,7 @@ impl Driver {
             } else {
                 Vec::new()
             },
+            disk: cfg.disk,
             ..Config::default()
         };
         let mut objects: Vec<Option<CacheKey>> = Vec::new();
@@ -345,6 +356,8 @@ impl Driver {
         Driver {
             engine: Engine::new(config).expect("valid config"),
             memory: cfg.memory,
+            hot: MemoryTier::new(),
+            records: Default::default(),
             now: cfg.start,
             objects,
             fetches: BTreeMap::new(),
@@ -388,6 +401,7 @@ impl Driver {
         failed: Option<FetchId>,
     ) -> Result<(), TestCaseError> {
         let mut refetch = Vec::new();
+        let mut loads: Vec<(EntryId, bool)> = Vec::new();
         while let Some(out) = self.engine.poll_output() {
             self.log
                 .push(format!("  -> {out:?}").chars().take(300).collect());
@@ -415,6 +429,21 @@ impl Driver {
                             c.body.extend_from_slice(&b);
                         }
                         ResponseBody::Stream => c.streaming = true,
+                        ResponseBody::Stored(stored) => {
+                            let b = match stored.tier {
+                                Tier::Memory => self.hot.read(&stored),
+                                Tier::Disk => self.records.get(&stored.entry).and_then(|r| {
+                                    let (_, body) = entry::decode(r).ok()?;
+                                    larder_core::storage::assemble(&body, &stored.pieces)
+                                }),
+                            }
+                            .ok_or_else(|| {
+                                fail(format!("{client:?} answered from {stored:?}, not held"))
+                            })?;
+                            c.from_entry = !no_store;
+                            c.full = true;
+                            c.body.extend_from_slice(&b);
+                        }
                     }
                     if !no_store && c.full {
                         count(1, 1);
@@ -544,7 +573,24 @@ impl Driver {
                     }
                     self.finished.insert(fetch);
                 }
-                Output::Stored { key, bytes } => {
+                Output::Write {
+                    entry: id,
+                    tier,
+                    key,
+                    meta,
+                    body,
+                } => {
+                    let bytes = body.len() as u64;
+                    let promotion = tier == Tier::Memory && self.records.contains_key(&id);
+                    match tier {
+                        Tier::Memory => self.hot.insert(id, body.clone()),
+                        Tier::Disk => {
+                            self.records.insert(id, entry::encode(&meta, &body));
+                        }
+                    }
+                    if promotion {
+                        continue;
+                    }
                     count(4, 1);
                     let Some(fid) = ended else {
                         return Err(fail(format!("Stored {key:?} outside an UpstreamEnd")));
@@ -565,7 +611,18 @@ impl Driver {
                         )));
                     }
                 }
-                Output::Evicted { .. } => {}
+                Output::Delete {
+                    entry: id, tier, ..
+                } => {
+                    let held = match tier {
+                        Tier::Memory => self.hot.remove(id).is_some(),
+                        Tier::Disk => self.records.remove(&id).is_some(),
+                    };
+                    if !held {
+                        return Err(fail(format!("Delete of {id:?} from {tier:?}, not held")));
+                    }
+                }
+                Output::Load { entry: id, body } => loads.push((id, body)),
             }
             if self.engine.stored_bytes() > self.memory {
                 return Err(fail(format!(
@@ -579,6 +636,17 @@ impl Driver {
             if self.fetches.remove(&f).is_some() {
                 self.finished.insert(f);
             }
+        }
+        for (id, body) in loads {
+            let input = match self.records.get(&id).and_then(|r| entry::decode(r).ok()) {
+                Some((meta, b)) => Input::Loaded {
+                    entry: id,
+                    meta,
+                    body: body.then_some(b),
+                },
+                None => Input::LoadFailed { entry: id },
+            };
+            self.input(input)?;
         }
         // Every peer failed: the adapter hands the request back to be served here.
         for (client, head) in refetch {

@@ -7,7 +7,11 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, request, response};
 use larder_core::engine::UpstreamError;
 use larder_core::heads::clone_request;
-use larder_core::{ClientId, Config, Engine, FetchId, Input, Output, ResponseBody, Route};
+use larder_core::storage::entry;
+use larder_core::{
+    ClientId, Config, Engine, EntryId, FetchId, Input, MemoryTier, Output, ResponseBody, Route,
+    Tier,
+};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
@@ -112,6 +116,13 @@ pub struct Sim {
     fetch_order: Vec<(usize, FetchId)>,
     /// Body chunk size the origin uses.
     pub chunk: usize,
+    /// Each engine's memory tier.
+    pub memory: Vec<MemoryTier>,
+    /// Each engine's disk tier: whole records by id (survives [`Sim::restart`]).
+    pub disk: Vec<HashMap<EntryId, Bytes>>,
+    /// Loads answered with `LoadFailed` whatever the disk holds (a read error).
+    pub failing_loads: bool,
+    configs: Vec<Config>,
 }
 
 pub fn t0() -> SystemTime {
@@ -126,7 +137,7 @@ impl Sim {
         handler: impl FnMut(&request::Parts, usize) -> Reply + 'static,
     ) -> Self {
         let peers: Vec<String> = (0..n).map(|i| format!("http://peer{i}:3128")).collect();
-        let engines = peers
+        let configs: Vec<Config> = peers
             .iter()
             .map(|p| {
                 let mut c = config.clone();
@@ -134,8 +145,12 @@ impl Sim {
                     c.self_id = Some(p.clone());
                     c.peers = peers.clone();
                 }
-                Engine::new(c).unwrap()
+                c
             })
+            .collect();
+        let engines = configs
+            .iter()
+            .map(|c| Engine::new(c.clone()).unwrap())
             .collect();
         Sim {
             peers,
@@ -152,6 +167,37 @@ impl Sim {
             next_client: 0,
             fetch_order: Vec::new(),
             chunk: 7,
+            memory: (0..n).map(|_| MemoryTier::new()).collect(),
+            disk: (0..n).map(|_| HashMap::new()).collect(),
+            failing_loads: false,
+            configs,
+        }
+    }
+
+    /// Restarts peer `at`: a new engine (ids from `first_entry_id`), an empty memory tier,
+    /// and every record its disk holds announced, as a peer's start-up scan does.
+    pub fn restart(&mut self, at: usize, first_entry_id: u64) {
+        let mut c = self.configs[at].clone();
+        c.first_entry_id = first_entry_id;
+        self.engines[at] = Engine::new(c).unwrap();
+        self.memory[at] = MemoryTier::new();
+        let mut records: Vec<(EntryId, Bytes)> =
+            self.disk[at].iter().map(|(k, v)| (*k, v.clone())).collect();
+        records.sort_by_key(|(id, _)| *id);
+        for (id, record) in records {
+            let Ok((meta, _)) = entry::decode(&record) else {
+                self.disk[at].remove(&id);
+                continue;
+            };
+            let meta = entry::Meta::decode(&meta).expect("a checked record decodes");
+            self.input(
+                at,
+                Input::Restored {
+                    entry: id,
+                    key: meta.key,
+                    bytes: record.len() as u64,
+                },
+            );
         }
     }
 
@@ -227,6 +273,22 @@ impl Sim {
                             r.body.extend_from_slice(&b);
                             r.ended = true;
                         }
+                        ResponseBody::Stored(stored) => {
+                            let bytes = match stored.tier {
+                                Tier::Memory => self.memory[at].read(&stored),
+                                Tier::Disk => self.disk[at].get(&stored.entry).and_then(|rec| {
+                                    let (_, body) = entry::decode(rec).ok()?;
+                                    larder_core::storage::assemble(&body, &stored.pieces)
+                                }),
+                            };
+                            match bytes {
+                                Some(b) => {
+                                    r.body.extend_from_slice(&b);
+                                    r.ended = true;
+                                }
+                                None => r.aborted = true,
+                            }
+                        }
                         ResponseBody::Stream => {}
                     }
                 }
@@ -293,8 +355,54 @@ impl Sim {
                     self.cancelled.push((at, fetch));
                     self.pending.retain(|(a, f, _)| !(*a == at && *f == fetch));
                 }
-                Output::Stored { key, bytes } => self.stored.push((at, key.to_string(), bytes)),
-                Output::Evicted { key, bytes } => self.evicted.push((at, key.to_string(), bytes)),
+                Output::Write {
+                    entry: id,
+                    tier,
+                    key,
+                    meta,
+                    body,
+                } => {
+                    let bytes = body.len() as u64;
+                    let known =
+                        self.memory[at].get(id).is_some() || self.disk[at].contains_key(&id);
+                    match tier {
+                        Tier::Memory => self.memory[at].insert(id, body),
+                        Tier::Disk => {
+                            self.disk[at].insert(id, entry::encode(&meta, &body));
+                        }
+                    }
+                    // A promotion from disk is not a new store.
+                    let promoted = tier == Tier::Memory && self.disk[at].contains_key(&id);
+                    if !known && !promoted {
+                        self.stored.push((at, key.to_string(), bytes));
+                    }
+                }
+                Output::Delete {
+                    entry: id,
+                    tier,
+                    key,
+                } => {
+                    let bytes = match tier {
+                        Tier::Memory => self.memory[at].remove(id).map(|b| b.len() as u64),
+                        Tier::Disk => self.disk[at].remove(&id).map(|b| b.len() as u64),
+                    };
+                    self.evicted.push((at, key.to_string(), bytes.unwrap_or(0)));
+                }
+                Output::Load { entry: id, body } => {
+                    let loaded = self.disk[at]
+                        .get(&id)
+                        .filter(|_| !self.failing_loads)
+                        .and_then(|rec| entry::decode(rec).ok());
+                    let input = match loaded {
+                        Some((meta, b)) => Input::Loaded {
+                            entry: id,
+                            meta,
+                            body: body.then_some(b),
+                        },
+                        None => Input::LoadFailed { entry: id },
+                    };
+                    self.input(at, input);
+                }
             }
         }
     }
