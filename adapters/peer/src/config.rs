@@ -29,6 +29,16 @@ pub struct Args {
     /// Memory for cached objects, e.g. 256MiB, 2GiB [default: 256MiB].
     #[arg(long, env = "LARDER_MEMORY")]
     pub memory: Option<String>,
+    /// Directory of the disk tier (off when not given). What is complete on disk is served
+    /// again after a restart.
+    #[arg(long, env = "LARDER_DISK_DIR")]
+    pub disk_dir: Option<PathBuf>,
+    /// Disk tier size, its high watermark, e.g. 10GiB [default: 1GiB].
+    #[arg(long, env = "LARDER_DISK_SIZE")]
+    pub disk_size: Option<String>,
+    /// Past --disk-size, the disk tier is cleaned down to this [default: 90% of --disk-size].
+    #[arg(long, env = "LARDER_DISK_CLEAN_TO")]
+    pub disk_clean_to: Option<String>,
     /// Largest object stored [default: 64MiB].
     #[arg(long, env = "LARDER_MAX_OBJECT_SIZE")]
     pub max_object_size: Option<String>,
@@ -94,6 +104,9 @@ struct FileConfig {
     mirror: Option<String>,
     passthrough: Option<Vec<String>>,
     memory: Option<String>,
+    disk_dir: Option<PathBuf>,
+    disk_size: Option<String>,
+    disk_clean_to: Option<String>,
     max_object_size: Option<String>,
     min_ttl: Option<String>,
     private: Option<bool>,
@@ -120,6 +133,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub mirror: Option<http::Uri>,
     pub engine: larder_core::Config,
+    /// The disk tier's directory (the engine's `disk` budget is 0 without one).
+    pub disk_dir: Option<PathBuf>,
     pub self_url: Option<String>,
     pub peers: Vec<String>,
     pub peer_secret: Option<String>,
@@ -232,6 +247,18 @@ impl Args {
                 .map(|v| v.unwrap_or(d))
         };
         let memory = size(or(self.memory, file.memory), 256 << 20)?;
+        let disk_dir = or(self.disk_dir, file.disk_dir);
+        let disk_size = size(or(self.disk_size, file.disk_size), 1 << 30)?;
+        let disk_clean_to = size(
+            or(self.disk_clean_to, file.disk_clean_to),
+            disk_size / 10 * 9,
+        )?;
+        if disk_dir.is_some() && (disk_size == 0 || disk_clean_to > disk_size) {
+            return Err(format!(
+                "--disk-clean-to ({disk_clean_to}) must not exceed --disk-size ({disk_size}), \
+                 which must be positive"
+            ));
+        }
         let max_object_size = size(or(self.max_object_size, file.max_object_size), 64 << 20)?;
         let segment_size = size(or(self.segment_size, file.segment_size), 2 << 20)?;
         let min_ttl = dur(or(self.min_ttl, file.min_ttl), Duration::ZERO)?;
@@ -282,6 +309,12 @@ impl Args {
                 ..PolicyConfig::default()
             },
             memory,
+            disk: if disk_dir.is_some() { disk_size } else { 0 },
+            disk_clean_to,
+            // Ids never repeat across restarts: start from the clock, in nanoseconds.
+            first_entry_id: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64),
             ring,
             self_id: self_url.clone().filter(|_| !peers.is_empty()),
             peers: peers.clone(),
@@ -304,6 +337,7 @@ impl Args {
                 .unwrap_or_else(|| "127.0.0.1:3128".parse().expect("literal")),
             mirror,
             engine,
+            disk_dir,
             self_url,
             peers,
             peer_secret: or(self.peer_secret, file.peer_secret).filter(|s| !s.is_empty()),

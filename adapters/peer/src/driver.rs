@@ -2,15 +2,20 @@
 //! under one lock so outputs for one client reach it in order. Outputs become channel
 //! messages to connection tasks and spawned upstream fetches; nothing here decides policy.
 
+use crate::disk::{BodyFile, Disk, LoadError};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use hashbrown::HashMap;
 use http::{request, response};
 use larder_core::cache_status::CacheStatus;
-use larder_core::{ClientId, Engine, FetchId, Input, Output, ResponseBody, Route};
+use larder_core::storage::Piece;
+use larder_core::{
+    ClientId, Engine, EntryId, FetchId, Input, MemoryTier, Output, ResponseBody, Route,
+    StorageError, StoredBody, Tier,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -161,6 +166,33 @@ struct Inner {
     engine: Engine,
     clients: HashMap<ClientId, (mpsc::UnboundedSender<ClientEvent>, Arc<Lane>)>,
     fetches: HashMap<FetchId, AbortHandle>,
+    /// The hot tier: bodies the engine's index says are in memory.
+    memory: MemoryTier,
+}
+
+/// A write or delete for the disk tier, carried out in order by one writer thread (a
+/// delete never overtakes the write it undoes).
+enum DiskOp {
+    Write {
+        entry: EntryId,
+        meta: Bytes,
+        body: Bytes,
+    },
+    Delete {
+        entry: EntryId,
+    },
+}
+
+/// Body bytes queued for the disk writer beyond which new writes are refused (reported as
+/// failed): a slow disk must not hold bodies the memory tier already let go of.
+const DISK_QUEUE_LIMIT: usize = 64 << 20;
+
+/// The disk tier as the driver reaches it.
+struct DiskLink {
+    disk: Arc<Disk>,
+    ops: std::sync::mpsc::Sender<DiskOp>,
+    queued: Arc<AtomicUsize>,
+    runtime: tokio::runtime::Handle,
 }
 
 pub struct Driver {
@@ -168,6 +200,7 @@ pub struct Driver {
     next_client: AtomicU64,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    disk: OnceLock<DiskLink>,
 }
 
 impl Driver {
@@ -177,11 +210,72 @@ impl Driver {
                 engine,
                 clients: HashMap::new(),
                 fetches: HashMap::new(),
+                memory: MemoryTier::new(),
             }),
             next_client: AtomicU64::new(1),
             upstream,
             metrics,
+            disk: OnceLock::new(),
         })
+    }
+
+    /// Gives the engine its disk tier: starts the writer thread and, in the background,
+    /// the scan that announces every complete entry on disk (serving starts at once; keys
+    /// not yet announced are misses until then). Call once, inside the runtime.
+    pub fn attach_disk(self: &Arc<Self>, disk: Arc<Disk>) {
+        let (ops, rx) = std::sync::mpsc::channel::<DiskOp>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
+        let link = DiskLink {
+            disk: disk.clone(),
+            ops,
+            queued: queued.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        if self.disk.set(link).is_err() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let writer_disk = disk.clone();
+        std::thread::Builder::new()
+            .name("larder-disk-writer".into())
+            .spawn(move || disk_writer(weak, writer_disk, rx, queued, failing))
+            .expect("spawn the disk writer");
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("larder-disk-scan".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut batch = Vec::with_capacity(1024);
+                let flush = |batch: &mut Vec<Input>| {
+                    if let Some(d) = weak.upgrade() {
+                        d.input_batch(std::mem::take(batch));
+                    }
+                };
+                let (entries, bytes) = disk.scan(|entry, key, bytes| {
+                    batch.push(Input::Restored { entry, key, bytes });
+                    if batch.len() == 1024 {
+                        flush(&mut batch);
+                    }
+                });
+                flush(&mut batch);
+                tracing::info!(
+                    dir = %disk.dir().display(),
+                    entries,
+                    bytes,
+                    millis = started.elapsed().as_millis() as u64,
+                    "disk tier scanned"
+                );
+            })
+            .expect("spawn the disk scan");
+    }
+
+    /// Several inputs under one lock (the start-up scan's announcements).
+    fn input_batch(self: &Arc<Self>, inputs: Vec<Input>) {
+        let mut inner = self.lock();
+        for input in inputs {
+            self.input_locked(&mut inner, input);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -262,6 +356,12 @@ impl Driver {
         self.metrics
             .cache_entries
             .set(inner.engine.stored_entries() as i64);
+        self.metrics
+            .disk_bytes
+            .set(inner.engine.disk_bytes() as i64);
+        self.metrics
+            .disk_resting
+            .set(inner.engine.disk_resting() as i64);
     }
 
     /// Runs one engine mutation and its drain with panics contained. A panic must never
@@ -413,6 +513,11 @@ impl Driver {
 
     fn dispatch(self: &Arc<Self>, inner: &mut Inner, out: Output) {
         match out {
+            Output::Respond {
+                client,
+                head,
+                body: ResponseBody::Stored(stored),
+            } => self.respond_stored(inner, client, head, stored),
             Output::Respond { client, head, body } => {
                 Self::send(inner, client, ClientEvent::Respond { head, body })
             }
@@ -441,13 +546,147 @@ impl Driver {
                     h.abort();
                 }
             }
-            Output::Stored { .. } => {
+            Output::Write {
+                entry,
+                tier: Tier::Memory,
+                body,
+                ..
+            } => {
+                inner.memory.insert(entry, body);
                 self.metrics.stored.inc();
             }
-            Output::Evicted { .. } => {
+            Output::Write {
+                entry,
+                tier: Tier::Disk,
+                meta,
+                body,
+                ..
+            } => self.disk_write(inner, entry, meta, body),
+            Output::Delete {
+                entry,
+                tier: Tier::Memory,
+                ..
+            } => {
+                inner.memory.remove(entry);
                 self.metrics.evictions.inc();
             }
+            Output::Delete {
+                entry,
+                tier: Tier::Disk,
+                ..
+            } => {
+                if let Some(link) = self.disk.get() {
+                    let _ = link.ops.send(DiskOp::Delete { entry });
+                }
+            }
+            Output::Load { entry, body } => self.disk_load(entry, body),
         }
+    }
+
+    /// Queues a disk write; refused at once (and reported) when the writer is too far
+    /// behind or there is no disk tier.
+    fn disk_write(self: &Arc<Self>, inner: &mut Inner, entry: EntryId, meta: Bytes, body: Bytes) {
+        let Some(link) = self.disk.get() else {
+            return;
+        };
+        let len = body.len() + meta.len();
+        if link.queued.load(Ordering::Relaxed) + len > DISK_QUEUE_LIMIT {
+            // Reported after this drain: the engine is busy now.
+            let me = self.clone();
+            link.runtime.spawn(async move {
+                me.input(Input::WriteFailed {
+                    entry,
+                    tier: Tier::Disk,
+                    error: StorageError::Full,
+                })
+            });
+            return;
+        }
+        link.queued.fetch_add(len, Ordering::Relaxed);
+        let _ = link.ops.send(DiskOp::Write { entry, meta, body });
+        let _ = inner;
+    }
+
+    /// Reads an entry back (checked) off the runtime's threads, then reports it.
+    fn disk_load(self: &Arc<Self>, entry: EntryId, body: bool) {
+        let Some(link) = self.disk.get() else {
+            // No disk tier: nothing to load.
+            let me = self.clone();
+            tokio::spawn(async move { me.input(Input::LoadFailed { entry }) });
+            return;
+        };
+        let disk = link.disk.clone();
+        let me = self.clone();
+        link.runtime.spawn(async move {
+            let loaded = tokio::task::spawn_blocking(move || disk.load(entry, body)).await;
+            me.metrics.disk_loads.inc();
+            let input = match loaded {
+                Ok(Ok(l)) => Input::Loaded {
+                    entry,
+                    meta: l.meta,
+                    body: l.body,
+                },
+                Ok(Err(e)) => {
+                    if !matches!(e, LoadError::Missing) {
+                        me.metrics.disk_corrupt.inc();
+                        tracing::warn!(entry = %entry.name(), error = %e, "disk entry unusable: refetching");
+                    }
+                    Input::LoadFailed { entry }
+                }
+                Err(_) => Input::LoadFailed { entry },
+            };
+            me.input(input);
+        });
+    }
+
+    /// Answers from a tier: a memory body at once, a disk body streamed in bounded chunks
+    /// (paced by the client like a fill).
+    fn respond_stored(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        client: ClientId,
+        head: response::Parts,
+        stored: StoredBody,
+    ) {
+        if stored.tier == Tier::Memory {
+            let event = match inner.memory.read(&stored) {
+                Some(b) => ClientEvent::Respond {
+                    head,
+                    body: ResponseBody::Full(b),
+                },
+                None => stored_body_missing(),
+            };
+            return Self::send(inner, client, event);
+        }
+        // Opened now, in order with the outputs: a later delete cannot pull the file away.
+        let opened = self.disk.get().map(|l| l.disk.open_body(stored.entry));
+        let Some(Ok(file)) = opened else {
+            tracing::warn!(entry = %stored.entry.name(), "disk entry vanished: refetching");
+            self.metrics.disk_corrupt.inc();
+            let me = self.clone();
+            let entry = stored.entry;
+            tokio::spawn(async move { me.input(Input::LoadFailed { entry }) });
+            return Self::send(inner, client, stored_body_missing());
+        };
+        let Some((tx, lane)) = inner.clients.get(&client).cloned() else {
+            return;
+        };
+        Self::send(
+            inner,
+            client,
+            ClientEvent::Respond {
+                head,
+                body: ResponseBody::Stream,
+            },
+        );
+        let metrics = self.metrics.clone();
+        tokio::spawn(stream_from_disk(
+            Arc::new(file),
+            stored.pieces,
+            tx,
+            lane,
+            metrics,
+        ));
     }
 
     /// Delivers `Input::Timeout` whenever the engine asked for it (collapse deadlines).
@@ -471,6 +710,119 @@ impl Driver {
     /// Read access to the engine (ring, counters) for the client library and tests.
     pub fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
         f(&self.lock().engine)
+    }
+}
+
+/// A 500 for a body the index promised and the tier does not hold (never a short body).
+fn stored_body_missing() -> ClientEvent {
+    let (head, body) = larder_core::engine::error_response(
+        http::StatusCode::INTERNAL_SERVER_ERROR,
+        &CacheStatus::default().with_detail("stored-body-missing"),
+        "the stored body could not be read; try again",
+    );
+    ClientEvent::Respond {
+        head,
+        body: ResponseBody::Full(body),
+    }
+}
+
+/// Streams pieces of a disk entry to one client, 256 KiB at a time, waiting while the
+/// client is behind; a read error aborts the response (the client sees it truncated).
+async fn stream_from_disk(
+    file: Arc<BodyFile>,
+    pieces: Vec<Piece>,
+    tx: mpsc::UnboundedSender<ClientEvent>,
+    lane: Arc<Lane>,
+    metrics: Arc<Metrics>,
+) {
+    let send = |b: Bytes| {
+        lane.backlog.fetch_add(b.len(), Ordering::Relaxed);
+        tx.send(ClientEvent::Body(b)).is_ok()
+    };
+    for piece in pieces {
+        match piece {
+            Piece::Literal(b) => {
+                if !send(b) {
+                    return;
+                }
+            }
+            Piece::Slice { mut start, mut len } => {
+                while len > 0 {
+                    while lane.behind() && lane.live() && !tx.is_closed() {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    if !lane.live() || tx.is_closed() {
+                        return;
+                    }
+                    let f = file.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        f.read_at(start, len, crate::disk::CHUNK)
+                    })
+                    .await;
+                    let chunk = match read {
+                        Ok(Ok(c)) if !c.is_empty() => c,
+                        _ => {
+                            let _ = tx.send(ClientEvent::Abort);
+                            return;
+                        }
+                    };
+                    start += chunk.len() as u64;
+                    len -= chunk.len() as u64;
+                    metrics.bytes_from_cache.inc_by(chunk.len() as u64);
+                    if !send(chunk) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let _ = tx.send(ClientEvent::End);
+}
+
+/// The disk writer: carries out writes and deletes in order; a failed write is reported
+/// to the engine (which rests the tier) and said once in the log.
+fn disk_writer(
+    driver: Weak<Driver>,
+    disk: Arc<Disk>,
+    ops: std::sync::mpsc::Receiver<DiskOp>,
+    queued: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+) {
+    while let Ok(op) = ops.recv() {
+        match op {
+            DiskOp::Delete { entry } => disk.delete(entry),
+            DiskOp::Write { entry, meta, body } => {
+                let result = disk.write(entry, &meta, &body);
+                queued.fetch_sub(meta.len() + body.len(), Ordering::Relaxed);
+                let Some(d) = driver.upgrade() else {
+                    return;
+                };
+                match result {
+                    Ok(_) => {
+                        d.metrics.disk_writes.inc();
+                        if failing.swap(false, Ordering::Relaxed) {
+                            tracing::info!("disk tier writable again");
+                        }
+                    }
+                    Err(error) => {
+                        d.metrics.disk_write_failures.inc();
+                        if !failing.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                dir = %disk.dir().display(),
+                                ?error,
+                                "disk tier write failed: serving from memory and origins, \
+                                 not storing to disk for a while"
+                            );
+                        }
+                        d.input(Input::WriteFailed {
+                            entry,
+                            tier: Tier::Disk,
+                            error,
+                        });
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod body;
 pub mod client;
 pub mod config;
+pub mod disk;
 pub mod driver;
 pub mod guard;
 pub mod metrics;

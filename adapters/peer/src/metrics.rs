@@ -28,6 +28,13 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     pub stored: Counter,
     pub evictions: Counter,
+    pub disk_bytes: Gauge,
+    pub disk_writes: Counter,
+    pub disk_write_failures: Counter,
+    pub disk_loads: Counter,
+    pub disk_corrupt: Counter,
+    /// 1 while the disk tier takes no writes (after ENOSPC or an unwritable directory).
+    pub disk_resting: Gauge,
     /// Clients cut off for falling too far behind a shared download.
     pub clients_cut: Counter,
     /// Panics caught while handling an input (the request got an error, nothing leaked).
@@ -59,6 +66,12 @@ impl Metrics {
             cache_entries: Gauge::default(),
             stored: Counter::default(),
             evictions: Counter::default(),
+            disk_bytes: Gauge::default(),
+            disk_writes: Counter::default(),
+            disk_write_failures: Counter::default(),
+            disk_loads: Counter::default(),
+            disk_corrupt: Counter::default(),
+            disk_resting: Gauge::default(),
             clients_cut: Counter::default(),
             engine_panics: Counter::default(),
         };
@@ -133,6 +146,36 @@ impl Metrics {
             "larder_evictions",
             "Entries evicted or invalidated",
             m.evictions.clone(),
+        );
+        r.register(
+            "larder_disk_bytes",
+            "Bytes held by the disk tier",
+            m.disk_bytes.clone(),
+        );
+        r.register(
+            "larder_disk_writes",
+            "Entries written to the disk tier",
+            m.disk_writes.clone(),
+        );
+        r.register(
+            "larder_disk_write_failures",
+            "Disk writes that failed (no space, unwritable directory)",
+            m.disk_write_failures.clone(),
+        );
+        r.register(
+            "larder_disk_loads",
+            "Entries read back from the disk tier",
+            m.disk_loads.clone(),
+        );
+        r.register(
+            "larder_disk_corrupt",
+            "Disk entries found corrupt or unreadable (deleted, refetched)",
+            m.disk_corrupt.clone(),
+        );
+        r.register(
+            "larder_disk_resting",
+            "1 while the disk tier takes no writes after a failure",
+            m.disk_resting.clone(),
         );
         m
     }

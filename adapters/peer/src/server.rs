@@ -117,7 +117,17 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
     );
     let metrics = Arc::new(Metrics::new());
     let engine = larder_core::Engine::new(settings.engine.clone()).map_err(|e| e.to_string())?;
+    let disk = match &settings.disk_dir {
+        Some(dir) => Some(Arc::new(
+            crate::disk::Disk::open(dir)
+                .map_err(|e| format!("--disk-dir {}: {e}", dir.display()))?,
+        )),
+        None => None,
+    };
     let driver = Driver::new(engine, upstream, metrics.clone());
+    if let Some(disk) = disk {
+        driver.attach_disk(disk);
+    }
     metrics.peers_up.set(settings.peers.len() as i64);
     let state = Arc::new(State {
         settings,
@@ -679,6 +689,8 @@ fn respond(
             ClientBody::stream(rx).guarded(driver, id)
         }
         (ResponseBody::Stream, None) => ClientBody::empty(),
+        // The driver turns stored bodies into `Full` (memory) or `Stream` (disk).
+        (ResponseBody::Stored(_), _) => ClientBody::empty(),
     };
     let length = if head.status == StatusCode::NOT_MODIFIED {
         Some(0)

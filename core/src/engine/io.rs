@@ -98,7 +98,9 @@ pub enum Input {
         meta: Bytes,
         body: Option<Bytes>,
     },
-    /// `Output::Load` found nothing usable (missing, unreadable or corrupt): a miss.
+    /// `Output::Load` found nothing usable (missing, unreadable or corrupt): a miss. Also
+    /// sent, unasked, for an entry whose body could not be read while serving it: the
+    /// engine forgets it.
     LoadFailed { entry: EntryId },
     /// A tier could not carry out `Output::Write`.
     WriteFailed {

@@ -721,6 +721,12 @@ impl Engine {
     /// (`None`): warm it up or forget it, then replay the requests that waited for it.
     fn on_loaded(&mut self, id: EntryId, loaded: Option<(Bytes, Option<Bytes>)>) {
         let Some(key) = self.loads.remove(&id) else {
+            if loaded.is_none() {
+                // An entry the adapter found unreadable while serving it: forget it.
+                let mut changes = Vec::new();
+                self.store.remove(id, &mut changes);
+                self.apply(changes);
+            }
             return;
         };
         let mut changes = Vec::new();
