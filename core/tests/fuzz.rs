@@ -25,6 +25,7 @@ mod fuzz {
 use fuzz::hostile::{self, append, request, request_fields, response, response_head, u64_hostile};
 use fuzz::known;
 use http::{HeaderMap, Method, StatusCode, Uri};
+use larder_core::EntryId;
 use larder_core::door::{self, Door};
 use larder_core::hop;
 use larder_core::key::CacheKey;
@@ -36,6 +37,7 @@ use larder_core::policy::{
 };
 use larder_core::range::{self, ByteRange, MAX_RANGES, RangeSpec};
 use larder_core::segment::{Plan, SegmentAnswer, Segments};
+use larder_core::storage::entry;
 use proptest::prelude::*;
 use proptest::sample::select;
 use std::time::Duration;
@@ -865,6 +867,78 @@ proptest! {
     #[test]
     fn engine_random_sequences(case in fuzz::engine::case()) {
         fuzz::engine::run(case)?;
+    }
+}
+
+// ---- storage: the one entry format --------------------------------------------------
+
+/// A record that decodes: hostile heads included (any field the http crate accepts).
+fn record_parts() -> impl Strategy<Value = (entry::Meta, Vec<u8>)> {
+    (
+        any::<u64>(),
+        uri_text(),
+        any::<u64>(),
+        0u32..1_000_000_000,
+        proptest::option::of(any::<u64>()),
+        request_fields(),
+        response_head(),
+        proptest::collection::vec(any::<u8>(), 0..300),
+    )
+        .prop_map(|(id, uri, secs, nanos, total, req, res, body)| {
+            let mut request = http::Request::new(()).into_parts().0;
+            request.uri = uri
+                .parse()
+                .unwrap_or_else(|_| Uri::from_static("http://x.test/"));
+            for (k, v) in &req {
+                append(&mut request.headers, k, v);
+            }
+            let response = response(&res);
+            let meta = entry::Meta {
+                id: EntryId(id),
+                key: CacheKey::from_normalized(&uri),
+                response_time: std::time::SystemTime::UNIX_EPOCH
+                    + Duration::new(secs % (1 << 33), nanos),
+                request,
+                response,
+                total,
+            };
+            (meta, body)
+        })
+}
+
+proptest! {
+    #![proptest_config(config(cases()))]
+
+    /// Raw bytes as a record and as metadata: never a panic, and whatever decodes as a
+    /// record has the length and checksums its header claims.
+    #[test]
+    fn entry_decode_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let b = bytes::Bytes::from(bytes);
+        if let Ok((meta, body)) = entry::decode(&b) {
+            prop_assert_eq!(entry::HEADER_LEN + meta.len() + body.len(), b.len());
+        }
+        let _ = entry::Meta::decode(&b);
+        let _ = entry::Header::parse(&b);
+    }
+
+    /// A record round-trips; every single flipped bit and every truncation is refused.
+    #[test]
+    fn entry_round_trip_and_damage((meta, body) in record_parts(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let record = entry::encode(&meta.encode(), &body);
+        let (m, b) = entry::decode(&record).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&b[..], &body[..]);
+        let back = entry::Meta::decode(&m).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(back.id, meta.id);
+        prop_assert_eq!(back.key, meta.key);
+        prop_assert_eq!(back.total, meta.total);
+        prop_assert_eq!(back.response.status, meta.response.status);
+        prop_assert_eq!(&back.response.headers, &meta.response.headers);
+        prop_assert_eq!(&back.request.headers, &meta.request.headers);
+        let i = at.index(record.len());
+        let mut bad = record.to_vec();
+        bad[i] ^= 1 << bit;
+        prop_assert!(entry::decode(&bytes::Bytes::from(bad)).is_err(), "flip at {}", i);
+        prop_assert!(entry::decode(&record.slice(..i)).is_err(), "cut at {}", i);
     }
 }
 
