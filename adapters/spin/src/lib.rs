@@ -585,7 +585,7 @@ impl Edge {
                 // Invalidation reaches the Location and Content-Location URLs too: announce
                 // what the store holds for them, the engine decides what goes.
                 if let Some(key) = &key {
-                    for other in referenced_keys(key, &got) {
+                    for other in larder_core::engine::also_invalidated(key, &got) {
                         self.restore(&other).await;
                     }
                 }
@@ -850,39 +850,6 @@ fn encode_index(list: &[(EntryId, u64)]) -> String {
         .collect()
 }
 
-/// The URLs an unsafe request's answer names (`Location`, `Content-Location`), resolved
-/// against its target. The engine decides which of them it invalidates (same origin only);
-/// these are only the keys whose records it must know of first.
-fn referenced_keys(target: &CacheKey, head: &response::Parts) -> Vec<CacheKey> {
-    let Ok(base) = target.as_str().parse::<http::Uri>() else {
-        return Vec::new();
-    };
-    let origin = format!(
-        "{}://{}",
-        base.scheme_str().unwrap_or("http"),
-        base.authority().map(|a| a.as_str()).unwrap_or("")
-    );
-    let dir = {
-        let p = base.path();
-        &p[..p.rfind('/').map_or(1, |i| i + 1)]
-    };
-    [header::LOCATION, header::CONTENT_LOCATION]
-        .iter()
-        .filter_map(|name| head.headers.get(name)?.to_str().ok())
-        .filter_map(|v| {
-            let abs = if v.starts_with("http://") || v.starts_with("https://") {
-                v.to_owned()
-            } else if v.starts_with('/') && !v.starts_with("//") {
-                format!("{origin}{v}")
-            } else {
-                format!("{origin}{dir}{v}")
-            };
-            CacheKey::from_uri(&abs.parse().ok()?).ok()
-        })
-        .filter(|k| k != target)
-        .collect()
-}
-
 /// A nonce for a signature from this edge instance (a Spin instance lives for one request
 /// and keeps no counter): the clock in nanoseconds mixed with the key, so two requests share
 /// one only if they sign the same URL in the same nanosecond (the peer then refuses the
@@ -969,7 +936,7 @@ mod tests {
             .insert("location", HeaderValue::from_static("b"));
         head.headers
             .insert("content-location", HeaderValue::from_static("/c"));
-        let keys: Vec<String> = referenced_keys(&target, &head)
+        let keys: Vec<String> = larder_core::engine::also_invalidated(&target, &head)
             .iter()
             .map(|k| k.to_string())
             .collect();

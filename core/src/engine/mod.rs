@@ -649,13 +649,8 @@ impl Engine {
             return;
         }
         self.invalidate(&key);
-        for name in [header::LOCATION, header::CONTENT_LOCATION] {
-            let Some(v) = head.headers.get(&name).and_then(|v| v.to_str().ok()) else {
-                continue;
-            };
-            if let Some(other) = resolve_same_origin(&key, v) {
-                self.invalidate(&other);
-            }
+        for other in also_invalidated(&key, head) {
+            self.invalidate(&other);
         }
     }
 
@@ -688,6 +683,10 @@ impl Engine {
     /// Parks a request whose key has cold variants, asking the disk tier for them. False
     /// when everything the key has is already known.
     fn park_for_loads(&mut self, cid: ClientId, key: &CacheKey, head: &request::Parts) -> bool {
+        let waiting = !self.parked.is_empty() && self.parked.get(key).is_some_and(|p| p.loads > 0);
+        if !waiting && !self.store.has_cold(key) {
+            return false;
+        }
         let cold: Vec<(EntryId, u64)> = self
             .store
             .variants(key)
@@ -697,10 +696,6 @@ impl Engine {
                 (s.hot.is_none()).then_some((*id, s.on_disk.unwrap_or(0)))
             })
             .collect();
-        let waiting = self.parked.get(key).is_some_and(|p| p.loads > 0);
-        if cold.is_empty() && !waiting {
-            return false;
-        }
         let parked = self.parked.entry(key.clone()).or_default();
         parked
             .clients
@@ -1465,6 +1460,18 @@ impl Engine {
             }
         }
     }
+}
+
+/// The other keys a successful unsafe request to `target` invalidates (RFC 9111 §4.4):
+/// its answer's `Location` and `Content-Location`, when they name the same origin. Public
+/// so an adapter that loads its index per request (Spin) can load these keys first.
+pub fn also_invalidated(target: &CacheKey, head: &response::Parts) -> Vec<CacheKey> {
+    [header::LOCATION, header::CONTENT_LOCATION]
+        .iter()
+        .filter_map(|name| head.headers.get(name)?.to_str().ok())
+        .filter_map(|v| resolve_same_origin(target, v))
+        .filter(|k| k != target)
+        .collect()
 }
 
 /// A `Location`-style reference resolved against `base`, when it names the same origin

@@ -163,7 +163,7 @@ impl Engine {
                 f.clients.retain(|x| *x != cid);
             }
         }
-        let (Some(e), Some(tier)) = (self.store.hot(id), self.store.body_tier(id)) else {
+        let Some((e, tier)) = self.store.hot_with_tier(id) else {
             return;
         };
         let age = e.stored.age(self.now).as_secs();

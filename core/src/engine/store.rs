@@ -119,19 +119,32 @@ impl Store {
         self.slots.get_mut(&id)?.hot.as_deref_mut()
     }
 
-    /// The tier a hot entry's body is read from.
-    pub fn body_tier(&self, id: EntryId) -> Option<Tier> {
+    /// A hot entry and the tier its body is read from (one lookup: the hit path).
+    pub fn hot_with_tier(&self, id: EntryId) -> Option<(&Hot, Tier)> {
         let s = self.slots.get(&id)?;
-        if s.in_memory {
-            Some(Tier::Memory)
+        let tier = if s.in_memory {
+            Tier::Memory
         } else {
-            s.on_disk.map(|_| Tier::Disk)
-        }
+            s.on_disk.map(|_| Tier::Disk)?
+        };
+        Some((s.hot.as_deref()?, tier))
+    }
+
+    /// Whether `key` has a variant whose metadata must be loaded first (only a disk tier
+    /// holds such entries: without one this costs nothing on the hit path).
+    pub fn has_cold(&self, key: &CacheKey) -> bool {
+        self.has_disk()
+            && self
+                .variants(key)
+                .iter()
+                .any(|id| self.slots.get(id).is_some_and(|s| s.hot.is_none()))
     }
 
     pub fn touch(&mut self, id: EntryId) {
         self.memory.touch(&id);
-        self.disk.touch(&id);
+        if self.has_disk() {
+            self.disk.touch(&id);
+        }
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -170,16 +183,7 @@ impl Store {
         for v in same {
             self.remove(v, out);
         }
-        self.slots.insert(
-            id,
-            Slot {
-                key: key.clone(),
-                hot: None,
-                in_memory: false,
-                on_disk: None,
-            },
-        );
-        self.variants.entry(key.clone()).or_default().push(id);
+        self.add_slot(id, &key);
         let on_disk = disk_bytes.is_some_and(|b| self.admit_disk(id, b, out));
         let in_memory = self.admit_hot(id, hot, true, out);
         if !in_memory && !on_disk {
@@ -201,16 +205,7 @@ impl Store {
         if self.slots.contains_key(&id) || !self.has_disk() {
             return false;
         }
-        self.slots.insert(
-            id,
-            Slot {
-                key: key.clone(),
-                hot: None,
-                in_memory: false,
-                on_disk: None,
-            },
-        );
-        self.variants.entry(key.clone()).or_default().push(id);
+        self.add_slot(id, &key);
         if !self.admit_disk(id, bytes, out) {
             self.remove(id, out);
             return false;
@@ -278,6 +273,20 @@ impl Store {
         for id in self.variants.get(key).cloned().unwrap_or_default() {
             self.remove(id, out);
         }
+    }
+
+    /// An empty slot, listed as the newest variant of `key` (its tiers are admitted next).
+    fn add_slot(&mut self, id: EntryId, key: &CacheKey) {
+        self.slots.insert(
+            id,
+            Slot {
+                key: key.clone(),
+                hot: None,
+                in_memory: false,
+                on_disk: None,
+            },
+        );
+        self.variants.entry(key.clone()).or_default().push(id);
     }
 
     /// Hot in the memory LRU; the body too when `with_body` and it fits.
