@@ -38,7 +38,7 @@ fi
 "$LARDER_BIN" --version
 
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; pkill -f "varnishd.*$work" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'set +e; kill $(jobs -p) 2>/dev/null; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; pkill -f "varnishd.*$work" 2>/dev/null; rm -rf "$work"' EXIT
 chmod 755 "$work"
 mkdir -p "$work/www" "$work/cache"
 head -c 1024 /dev/urandom > "$work/www/1k"
