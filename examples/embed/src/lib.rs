@@ -3,7 +3,9 @@
 //! one request at a time (HTTP/1.1, `http://` origins, Content-Length bodies).
 
 use bytes::Bytes;
-use larder_core::{ClientId, Config, Engine, FetchId, Input, Output, ResponseBody, Route};
+use larder_core::{
+    ClientId, Config, Engine, FetchId, Input, MemoryTier, Output, ResponseBody, Route, Tier,
+};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::SystemTime;
@@ -116,9 +118,11 @@ fn fetch(engine: &mut Engine, id: FetchId, req: &http::request::Parts) -> Vec<Ou
     }
 }
 
-/// Serves one client connection (one request).
+/// Serves one client connection (one request). `memory` is the hot tier: the bodies the
+/// engine tells this runtime to keep (`Output::Write`) and later to serve or drop.
 pub fn serve_connection(
     engine: &mut Engine,
+    memory: &mut MemoryTier,
     client: ClientId,
     stream: TcpStream,
 ) -> std::io::Result<()> {
@@ -165,16 +169,32 @@ pub fn serve_connection(
                     text.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or("")));
                 }
                 out.write_all(format!("{text}\r\n").as_bytes())?;
-                if let ResponseBody::Full(b) = body {
-                    out.write_all(&b)?;
+                match body {
+                    ResponseBody::Full(b) => out.write_all(&b)?,
+                    // No disk tier here: stored bodies are all in memory.
+                    ResponseBody::Stored(s) => {
+                        out.write_all(&memory.read(&s).unwrap_or_default())?
+                    }
+                    ResponseBody::Empty | ResponseBody::Stream => {}
                 }
             }
+            Output::Write {
+                entry,
+                tier: Tier::Memory,
+                body,
+                ..
+            } => memory.insert(entry, body),
+            Output::Delete {
+                entry,
+                tier: Tier::Memory,
+                ..
+            } => drop(memory.remove(entry)),
             Output::Body { client: c, chunk } if c == client => out.write_all(&chunk)?,
             Output::Abort { client: c } if c == client => return Ok(()), // closing mid-body tells the client
             Output::Pass { client: c, .. } | Output::Forward { client: c, .. } if c == client => {
                 out.write_all(b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 23\r\n\r\nthis proxy caches only\n")?;
             }
-            _ => {} // End, Stored, Evicted, CancelFetch: nothing to do in this blocking runtime.
+            _ => {} // End, CancelFetch: nothing to do in this blocking runtime.
         }
     }
     out.flush()
@@ -183,11 +203,12 @@ pub fn serve_connection(
 /// Accepts `limit` connections (None: forever) on `listener`.
 pub fn serve(listener: TcpListener, limit: Option<usize>) -> std::io::Result<()> {
     let mut engine = Engine::new(Config::default()).map_err(std::io::Error::other)?;
+    let mut memory = MemoryTier::new();
     for (n, stream) in listener.incoming().enumerate() {
         if limit.is_some_and(|l| n >= l) {
             break;
         }
-        let _ = serve_connection(&mut engine, ClientId(n as u64), stream?);
+        let _ = serve_connection(&mut engine, &mut memory, ClientId(n as u64), stream?);
     }
     Ok(())
 }
