@@ -48,12 +48,22 @@ pub fn origin(answer: fn(&str) -> Vec<u8>) -> (u16, Arc<AtomicUsize>) {
     (port, hits)
 }
 
+/// A port no other test in this process was given: the kernel may hand a just-released
+/// port out again, and two peers racing for one would make a test talk to another's peer.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running `larder` process, killed when dropped. `LARDER_BIN` runs another build of it
@@ -78,24 +88,33 @@ impl Peer {
 }
 
 /// Starts `larder` on a free loopback port with `args`; loopback origins are allowed.
+/// Starts `larder` on a free loopback port with `args`; loopback origins are allowed. A
+/// peer that could not listen (another process took the port) is started again elsewhere.
 pub fn start(args: &[&str]) -> Peer {
-    let port = free_port();
     let bin = std::env::var("LARDER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_larder").into());
-    let child = Command::new(bin)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .env("LARDER_ALLOW_DESTINATION", "127.0.0.0/8")
-        .env("LARDER_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("larder binary");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "larder did not start");
-        std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = Command::new(&bin)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("LARDER_ALLOW_DESTINATION", "127.0.0.0/8")
+            .env("LARDER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("larder binary");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err()
+            && child.try_wait().unwrap().is_none()
+        {
+            assert!(Instant::now() < deadline, "larder did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if child.try_wait().unwrap().is_none() {
+            return Peer { child, port };
+        }
     }
-    Peer { child, port }
+    panic!("larder could not listen on any of 5 ports");
 }
 
 /// Peak resident memory of a process (VmHWM), in bytes.
