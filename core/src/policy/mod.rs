@@ -300,36 +300,24 @@ impl Policy {
             .iter()
             .filter_map(|v| v.to_str().ok().map(str::to_owned))
             .collect();
-        if !values.iter().any(|v| v.contains('=')) {
+        // Already canonical (bare lower-case flags): nothing to rewrite.
+        if !values.iter().any(|v| {
+            v.bytes()
+                .any(|b| b == b'=' || b == b'"' || b.is_ascii_uppercase())
+        }) {
             return;
         }
         let mut keep = Vec::new();
         let mut strip = Vec::new();
-        for d in values.iter().flat_map(|v| split_directives(v)) {
-            let (name, value) = match d.split_once('=') {
-                Some((n, v)) => (
-                    n.trim().to_ascii_lowercase(),
-                    Some(v.trim().trim_matches('"').to_owned()),
-                ),
-                None => (d.trim().to_ascii_lowercase(), None),
-            };
-            match (name.as_str(), value) {
-                ("no-cache", Some(fields)) => {
-                    strip.extend(fields.split(',').map(|f| f.trim().to_ascii_lowercase()))
-                }
+        for d in values.iter().flat_map(|v| directives::directives(v)) {
+            match (d.name.as_str(), &d.value) {
+                ("no-cache", Some(fields)) => strip.extend(field_names(fields)),
                 ("private", Some(fields)) => {
                     if self.shared() {
-                        strip.extend(fields.split(',').map(|f| f.trim().to_ascii_lowercase()));
+                        strip.extend(field_names(fields));
                     }
                 }
-                (name, Some(v)) if is_delta_seconds_directive(name) => {
-                    match crate::time::delta_seconds(&v) {
-                        Some(n) => keep.push(format!("{name}={n}")),
-                        // Not a number: left as written (the crate reads it as 0, stale).
-                        None => keep.push(d.trim().to_owned()),
-                    }
-                }
-                _ => keep.push(d.trim().to_owned()),
+                _ => keep.extend(canonical(&d)),
             }
         }
         for f in strip.iter().filter(|f| !f.is_empty()) {
@@ -357,19 +345,19 @@ impl Policy {
         }
         let req_cc = Directives::parse(&req.headers);
         let res_cc = Directives::parse(&res.headers);
-        if req_cc.has("no-store") {
+        if req_cc.no_store() {
             return Err(NotStored::RequestNoStore);
         }
-        if res_cc.has("no-store") {
+        if res_cc.no_store() {
             return Err(NotStored::NoStore);
         }
         let shared = self.shared();
-        if shared && res_cc.has("private") {
+        if shared && res_cc.private() {
             return Err(NotStored::Private);
         }
         if shared
             && req.headers.contains_key(header::AUTHORIZATION)
-            && !(res_cc.has("public") || res_cc.has("s-maxage") || res_cc.has("must-revalidate"))
+            && !(res_cc.public() || res_cc.has_s_maxage() || res_cc.must_revalidate())
         {
             return Err(NotStored::Authorization);
         }
@@ -453,9 +441,9 @@ impl Policy {
                 let req_cc = Directives::parse(&req.headers);
                 let swr = stored
                     .res_cc
-                    .seconds("stale-while-revalidate")
+                    .stale_while_revalidate()
                     .is_some_and(|w| self.staleness(stored, now) <= w)
-                    && !req_cc.has("no-cache")
+                    && !req_cc.no_cache()
                     && req
                         .headers
                         .get(header::PRAGMA)
@@ -474,14 +462,11 @@ impl Policy {
     /// `proxy-revalidate` (shared) and `no-cache` forbid it.
     pub fn stale_if_error(&self, stored: &Stored, req: &request::Parts, now: SystemTime) -> bool {
         let now = crate::time::clamp(now);
-        if stored.must_revalidate() || stored.res_cc.has("no-cache") {
+        if stored.must_revalidate() || stored.res_cc.no_cache() {
             return false;
         }
         let req_cc = Directives::parse(&req.headers);
-        let window = match (
-            stored.res_cc.seconds("stale-if-error"),
-            req_cc.seconds("stale-if-error"),
-        ) {
+        let window = match (stored.res_cc.stale_if_error(), req_cc.stale_if_error()) {
             (Some(a), Some(b)) => a.max(b),
             (a, b) => match a.or(b) {
                 Some(w) => w,
@@ -559,14 +544,16 @@ impl Policy {
     /// the revalidation request), and no `max-stale` where serving stale would leak (#56).
     fn reuse_view(&self, stored: &Stored, req: &request::Parts) -> request::Parts {
         let mut view = fill_request(req);
-        if stored.forbids_client_max_stale() {
+        if view.headers.contains_key(header::CACHE_CONTROL) {
+            let drop_max_stale = stored.forbids_client_max_stale();
             let cc: Vec<String> = view
                 .headers
                 .get_all(header::CACHE_CONTROL)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(',').map(|s| s.trim().to_owned()))
-                .filter(|d| !d.to_ascii_lowercase().starts_with("max-stale") && !d.is_empty())
+                .flat_map(directives::directives)
+                .filter(|d| !(drop_max_stale && d.name == "max-stale"))
+                .filter_map(|d| canonical(&d))
                 .collect();
             view.headers.remove(header::CACHE_CONTROL);
             if !cc.is_empty() {
@@ -639,21 +626,21 @@ impl Stored {
         }
         let extra = self
             .res_cc
-            .seconds("stale-if-error")
-            .max(self.res_cc.seconds("stale-while-revalidate"))
+            .stale_if_error()
+            .max(self.res_cc.stale_while_revalidate())
             .unwrap_or(Duration::ZERO);
         Some(crate::time::after(now, self.ttl(now).saturating_add(extra)))
     }
 
     fn must_revalidate(&self) -> bool {
-        self.res_cc.has("must-revalidate")
-            || (self.shared && (self.res_cc.has("proxy-revalidate") || self.res_cc.has("s-maxage")))
+        self.res_cc.must_revalidate()
+            || (self.shared && (self.res_cc.proxy_revalidate() || self.res_cc.has_s_maxage()))
     }
 
     fn forbids_client_max_stale(&self) -> bool {
         self.must_revalidate()
-            || self.res_cc.has("no-cache")
-            || (self.shared && self.set_cookie && !self.res_cc.has("public"))
+            || self.res_cc.no_cache()
+            || (self.shared && self.set_cookie && !self.res_cc.public())
     }
 }
 
@@ -735,21 +722,46 @@ fn normalize_age(h: &mut HeaderMap) {
 }
 
 /// Splits a Cache-Control value at commas outside quoted strings.
-fn split_directives(v: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut start, mut quoted) = (0, false);
-    for (i, c) in v.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                out.push(&v[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
+/// A directive as `http-cache-semantics` can read it. Its parser splits at every comma and
+/// matches names case-sensitively, so: names are lower-cased; a flag is written bare (its
+/// argument means nothing to a cache, and could hold commas); delta-seconds are written as
+/// the clamped number, or as `""` when invalid (the crate reads 0: stale, as RFC 9111
+/// §4.2.1 allows); an extension whose quoted value holds a comma is dropped (its pieces
+/// would read as directives of their own; caches ignore unknown extensions, §5.2.3).
+fn canonical(d: &directives::Directive<'_>) -> Option<String> {
+    let Some(value) = &d.value else {
+        return is_token(&d.name).then(|| d.name.clone());
+    };
+    if is_delta_seconds_directive(&d.name) {
+        return Some(match crate::time::delta_seconds(value) {
+            Some(n) => format!("{}={n}", d.name),
+            None => format!("{}=\"\"", d.name),
+        });
     }
-    out.push(&v[start..]);
-    out.into_iter().filter(|d| !d.trim().is_empty()).collect()
+    if directives::is_flag(&d.name) {
+        return Some(d.name.clone());
+    }
+    let written = d.raw.split_once('=').map_or("", |(_, v)| v.trim());
+    let inner = written
+        .strip_prefix('"')
+        .and_then(|w| w.strip_suffix('"'))
+        .unwrap_or(written);
+    let plain = |s: &str| !s.contains(['"', '\\', ',']);
+    (is_token(&d.name) && plain(inner)).then(|| format!("{}={written}", d.name))
+}
+
+/// RFC 9110 §5.6.2 token.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The field names of a `no-cache="..."` or `private="..."` argument, lower-cased.
+fn field_names(list: &str) -> impl Iterator<Item = String> + '_ {
+    list.split(',')
+        .map(|f| f.trim().to_ascii_lowercase())
+        .filter(|f| !f.is_empty())
 }
 
 fn validators_of(h: &HeaderMap) -> Vec<(HeaderName, http::HeaderValue)> {

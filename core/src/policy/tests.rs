@@ -666,7 +666,9 @@ fn freshness_is_bounded_whatever_the_parsers_see() {
     policy.prepare_response(&mut res);
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
     match policy.storable(&req, &res, now) {
-        Err(NotStored::BelowMinTtl) => {}
+        // Since the crate is given canonical Cache-Control (one parser decides), the
+        // unbalanced member is dropped whole and there is no lifetime at all.
+        Err(NotStored::BelowMinTtl | NotStored::StaleNoValidator) => {}
         Ok(s) => panic!("stored with ttl {:?} under a min-ttl of 2^64 s", s.ttl(now)),
         Err(e) => panic!("unexpected refusal {e:?}"),
     }
@@ -698,4 +700,61 @@ fn declared_length_accepts_one_number_only() {
         assert_eq!(declared_length(&h(bad)), Err(InvalidLength), "{bad:?}");
         assert_eq!(content_length(&h(bad)), None);
     }
+}
+
+/// A response as the engine judges it: prepared first (every upstream head is).
+fn prepared_store(p: &Policy, rs: &[(&str, &str)]) -> Result<Stored, NotStored> {
+    let mut r = res(200, rs);
+    p.prepare_response(&mut r);
+    p.storable(&req("GET", &[]), &r, t0())
+}
+
+// RFC 9111 §5.2: directive names are case-insensitive, members split outside quotes only.
+#[test]
+fn s5_2_directive_names_are_case_insensitive() {
+    let p = shared();
+    let s = prepared_store(&p, &[("cache-control", "MAX-AGE=60")]).unwrap();
+    assert_eq!(s.ttl(t0()), Duration::from_secs(60));
+    let s = prepared_store(&p, &[("cache-control", "Max-Age=\"60\", Public")]).unwrap();
+    assert_eq!(s.ttl(t0()), Duration::from_secs(60));
+    assert_eq!(
+        prepared_store(&p, &[("cache-control", "No-Store, max-age=60")]).unwrap_err(),
+        NotStored::NoStore
+    );
+    let s = store(
+        &p,
+        &[],
+        &[("cache-control", "max-age=60"), ("etag", "\"v\"")],
+    );
+    assert!(matches!(
+        p.reuse(&s, &req("GET", &[("cache-control", "NO-CACHE")]), secs(1)),
+        Reuse::Stale { .. }
+    ));
+}
+
+#[test]
+fn s5_2_quoted_commas_are_not_directives() {
+    let p = shared();
+    // An extension's quoted value must not read as `max-age=9999` (nor as `no-store`).
+    let s = prepared_store(
+        &p,
+        &[("cache-control", "x-ext=\"a, max-age=9999\", max-age=10")],
+    )
+    .unwrap();
+    assert_eq!(s.ttl(t0()), Duration::from_secs(10));
+    let s = prepared_store(&p, &[("cache-control", "x-ext=\"a,no-store\", max-age=10")]).unwrap();
+    assert_eq!(s.ttl(t0()), Duration::from_secs(10));
+    // no-cache with a field list: those fields go, the response is stored fresh.
+    let mut r = res(
+        200,
+        &[
+            ("cache-control", "no-cache=\"Set-Cookie, X-Id\", max-age=30"),
+            ("set-cookie", "a=b"),
+            ("x-id", "7"),
+        ],
+    );
+    p.prepare_response(&mut r);
+    assert!(r.headers.get("set-cookie").is_none() && r.headers.get("x-id").is_none());
+    let s = p.storable(&req("GET", &[]), &r, t0()).unwrap();
+    assert_eq!(s.ttl(t0()), Duration::from_secs(30));
 }
