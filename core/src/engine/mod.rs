@@ -437,15 +437,15 @@ impl Engine {
                 Reuse::NoMatch(_) => client.fwd = Fwd::VaryMiss,
             }
         }
-        if let Some((_, _)) = &stale {
-            let cc = policy::directives::Directives::parse(&client.req.headers);
-            client.fwd = if cc.has("no-cache") || cc.has("max-age") || cc.has("min-fresh") {
+        let cc = policy::directives::Directives::parse(&client.req.headers);
+        if stale.is_some() {
+            client.fwd = if cc.no_cache() || cc.has_max_age() || cc.has_min_fresh() {
                 Fwd::Request
             } else {
                 Fwd::Stale
             };
         }
-        if policy::directives::Directives::parse(&client.req.headers).has("only-if-cached") {
+        if cc.only_if_cached() {
             let status = CacheStatus::fwd(client.fwd).with_detail("only-if-cached");
             self.respond_error(
                 cid,
