@@ -13,6 +13,24 @@ use http::Uri;
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheKey(Box<str>);
 
+/// What separates an object's key from a segment index in a segment's key.
+const SEGMENT_MARK: &str = "#seg=";
+
+/// One Range segment of an object: the typed form of a segment's [`CacheKey`], whose string
+/// form (`<object>#seg=<index>`) is what the store indexes and the tiers persist.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SegmentKey {
+    pub object: CacheKey,
+    pub index: u64,
+}
+
+impl SegmentKey {
+    /// The key the store indexes this segment under.
+    pub fn key(&self) -> CacheKey {
+        CacheKey(format!("{}{SEGMENT_MARK}{}", self.object.0, self.index).into_boxed_str())
+    }
+}
+
 /// Why a URI cannot be a cache key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyError {
@@ -132,7 +150,24 @@ impl CacheKey {
     /// The key of one Range segment of this object. `#` cannot occur in a normalized key
     /// (fragments are dropped), so segment keys never collide with object keys.
     pub fn segment(&self, index: u64) -> CacheKey {
-        CacheKey(format!("{}#seg={index}", self.0).into_boxed_str())
+        SegmentKey {
+            object: self.clone(),
+            index,
+        }
+        .key()
+    }
+
+    /// The object and index of a segment key; `None` for an object key.
+    pub fn as_segment(&self) -> Option<SegmentKey> {
+        let (object, index) = self.0.rsplit_once(SEGMENT_MARK)?;
+        // Only the canonical spelling: `#seg=01` is not a key this crate made.
+        let index: u64 = index.parse().ok()?;
+        (index.to_string().len() == self.0.len() - object.len() - SEGMENT_MARK.len()).then(|| {
+            SegmentKey {
+                object: CacheKey::from_normalized(object),
+                index,
+            }
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -243,5 +278,16 @@ mod tests {
         let k = CacheKey::from_uri(&"http://h/a".parse().unwrap()).unwrap();
         assert_eq!(k.segment(3).as_str(), "http://h/a#seg=3");
         assert_ne!(k.segment(0), k);
+        let seg = k.segment(3).as_segment().unwrap();
+        assert_eq!((seg.object, seg.index), (k.clone(), 3));
+        assert_eq!(k.as_segment(), None);
+        for odd in [
+            "http://h/a#seg=",
+            "http://h/a#seg=01",
+            "http://h/a#seg=-1",
+            "http://h/a#seg=x",
+        ] {
+            assert_eq!(CacheKey::from_normalized(odd).as_segment(), None, "{odd}");
+        }
     }
 }

@@ -31,7 +31,7 @@ pub mod segment;
 pub mod storage;
 pub mod time;
 
-pub use cache_status::CacheStatus;
+pub use cache_status::{CacheStatus, Outcome};
 pub use engine::{ClientId, Config, Engine, FetchId, Input, Output, ResponseBody, Route};
 pub use key::CacheKey;
 pub use lru::{Admission, Eviction, Lru};

@@ -525,7 +525,7 @@ proptest! {
 
         let mut answer = response(&revalidation);
         policy.prepare_response(&mut answer);
-        match policy.revalidated(&stored, &sent, &answer, t2) {
+        match policy.revalidated(&stored, &head, &sent, &answer, t2) {
             Revalidated::NotModified { stored: fresh, head } => {
                 prop_assert_eq!(answer.status, StatusCode::NOT_MODIFIED);
                 prop_assert!(!head.headers.contains_key(http::header::AGE));

@@ -206,3 +206,54 @@ fn invalidation_deletes_from_disk_too() {
     );
     assert_eq!(s.get(URL, &[]).text(), "version 2");
 }
+
+/// RFC 9111 §4.3.4: a 304 refreshes the stored entry, and the refresh reaches the disk tier
+/// (`UpdateMeta`): after a restart the entry is still fresh and still has the 304's fields,
+/// and the body is the one stored first.
+#[test]
+fn a_304_refresh_is_written_to_disk_and_survives_a_restart() {
+    let mut s = Sim::new(1, with_disk(1 << 20, 1 << 20), |req, n| {
+        if n == 0 {
+            Reply::ok(
+                "first body",
+                &[("cache-control", "max-age=10"), ("etag", "\"v1\"")],
+            )
+        } else {
+            assert_eq!(req.headers.get("if-none-match").unwrap(), "\"v1\"");
+            Reply::ok(
+                "",
+                &[
+                    ("cache-control", "max-age=1000"),
+                    ("etag", "\"v1\""),
+                    ("x-refreshed", "yes"),
+                ],
+            )
+            .status(304)
+        }
+    });
+    s.get(URL, &[]);
+    s.advance(20);
+    let r = s.get(URL, &[]);
+    assert!(
+        r.cache_status().contains("fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(s.meta_updates, 1);
+    let id = *s.disk[0].keys().next().expect("one record");
+    let (meta, body) = entry::decode(&s.disk[0][&id]).expect("a sound record");
+    assert_eq!(&body[..], b"first body");
+    let meta = entry::Meta::decode(&meta).unwrap();
+    assert_eq!(meta.response.headers["x-refreshed"], "yes");
+    s.advance(100);
+    s.restart(0, 1000);
+    let r = s.get(URL, &[]);
+    assert_eq!(r.text(), "first body");
+    assert!(
+        r.cache_status().contains("hit"),
+        "fresh from the refreshed record: {}",
+        r.cache_status()
+    );
+    assert_eq!(r.header("x-refreshed").as_deref(), Some("yes"));
+    assert_eq!(s.origin_hits(), 2, "no revalidation after the restart");
+}

@@ -162,6 +162,50 @@ impl Disk {
             return Err(StorageError::Full);
         }
         let header = Header::of(meta, body);
+        self.put(id, |f| {
+            f.write_all(&header.to_bytes())?;
+            f.write_all(meta)?;
+            f.write_all(body)
+        })
+        .map_err(|e| storage_error(&e))?;
+        Ok(header.record_len())
+    }
+
+    /// Replaces an entry's metadata and keeps its body, by the same temp-file-and-rename
+    /// protocol as [`Disk::write`] (the body is copied in [`CHUNK`]s; its checksum moves
+    /// with it unchanged, so damage is still caught on read). `Ok(None)`: the entry is not
+    /// there or not sound, and there is nothing to update.
+    pub fn update_meta(&self, id: EntryId, meta: &[u8]) -> Result<Option<u64>, StorageError> {
+        if meta.len() > entry::META_MAX as usize {
+            return Err(StorageError::Full);
+        }
+        let Ok(old) = File::open(self.path(id)) else {
+            return Ok(None);
+        };
+        let Ok((header, _, _)) = read_head(&old) else {
+            return Ok(None);
+        };
+        let new = header.with_meta(meta);
+        self.put(id, |f| {
+            f.write_all(&new.to_bytes())?;
+            f.write_all(meta)?;
+            let mut buf = vec![0u8; CHUNK];
+            let (mut at, end) = (header.body_offset(), header.record_len());
+            while at < end {
+                let n = (end - at).min(CHUNK as u64) as usize;
+                old.read_exact_at(&mut buf[..n], at)?;
+                f.write_all(&buf[..n])?;
+                at += n as u64;
+            }
+            Ok(())
+        })
+        .map_err(|e| storage_error(&e))?;
+        Ok(Some(new.record_len()))
+    }
+
+    /// Writes a record with `fill` to a temp file, then renames it into place (creating the
+    /// fan-out folder when needed). On any error the temp file is removed.
+    fn put(&self, id: EntryId, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .tmp
@@ -172,9 +216,7 @@ impl Disk {
                 .create(true)
                 .truncate(true)
                 .open(&tmp)?;
-            f.write_all(&header.to_bytes())?;
-            f.write_all(meta)?;
-            f.write_all(body)?;
+            fill(&mut f)?;
             drop(f);
             let path = self.path(id);
             match fs::rename(&tmp, &path) {
@@ -185,13 +227,10 @@ impl Disk {
                 r => r,
             }
         })();
-        match written {
-            Ok(()) => Ok(header.record_len()),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(storage_error(&e))
-            }
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
         }
+        written
     }
 
     /// Removes an entry (a missing one is fine).
@@ -734,6 +773,34 @@ mod tests {
         // A directory that is a file cannot be opened.
         fs::write(s.0.join("file"), b"").unwrap();
         assert!(Disk::open(&s.0.join("file")).is_err());
+    }
+
+    #[test]
+    fn updating_metadata_keeps_the_body_and_its_check() {
+        let s = Scratch::new("update-meta");
+        let disk = Disk::open(&s.0).unwrap();
+        let id = EntryId(7);
+        let b = body(3 * CHUNK + 5);
+        disk.write(id, &meta(id, "http://o.test/u"), &b).unwrap();
+        let mut m = Meta::decode(&meta(id, "http://o.test/u")).unwrap();
+        m.response
+            .headers
+            .insert("x-refreshed", "a longer head than before".parse().unwrap());
+        let newer = m.encode();
+        let len = disk.update_meta(id, &newer).unwrap().expect("updated");
+        let loaded = disk.load(id, true).unwrap();
+        assert_eq!(loaded.body.as_deref(), Some(&b[..]));
+        assert_eq!(loaded.meta, newer);
+        assert_eq!(len, (HEADER_LEN + newer.len() + b.len()) as u64);
+        // Nothing to update: a missing or damaged entry.
+        assert_eq!(disk.update_meta(EntryId(8), &newer).unwrap(), None);
+        flip(&disk, id, 3);
+        assert_eq!(disk.update_meta(id, &newer).unwrap(), None);
+        assert_eq!(
+            fs::read_dir(s.0.join("tmp")).unwrap().count(),
+            0,
+            "no temp left"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use http::{request, response};
 use larder_core::cache_status::CacheStatus;
 use larder_core::storage::Piece;
 use larder_core::{
-    ClientId, Engine, EntryId, FetchId, Input, MemoryTier, Output, ResponseBody, Route,
+    ClientId, Engine, EntryId, FetchId, Input, MemoryTier, Outcome, Output, ResponseBody, Route,
     StorageError, StoredBody, Tier,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,9 +23,13 @@ use tokio::task::AbortHandle;
 /// What a connection task hears about its request.
 #[derive(Debug)]
 pub enum ClientEvent {
+    /// The response head; `outcome` and `collapsed` are what metrics count (the engine's,
+    /// or `Error` for a response the driver made itself).
     Respond {
         head: response::Parts,
         body: ResponseBody,
+        outcome: Outcome,
+        collapsed: bool,
     },
     Body(Bytes),
     End,
@@ -153,6 +157,8 @@ pub enum Begin {
     Answered {
         head: response::Parts,
         body: ResponseBody,
+        outcome: Outcome,
+        collapsed: bool,
     },
     /// More events follow on `rx`; `first` is the one already received, if any.
     Pending {
@@ -178,6 +184,10 @@ enum DiskOp {
         meta: Bytes,
         body: Bytes,
     },
+    UpdateMeta {
+        entry: EntryId,
+        meta: Bytes,
+    },
     Delete {
         entry: EntryId,
     },
@@ -197,6 +207,8 @@ struct DiskLink {
 
 pub struct Driver {
     inner: Mutex<Inner>,
+    /// The engine's next deadline, re-armed after every drain; `run_timers` sleeps on it.
+    due: tokio::sync::watch::Sender<Option<SystemTime>>,
     next_client: AtomicU64,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
@@ -212,6 +224,7 @@ impl Driver {
                 fetches: HashMap::new(),
                 memory: MemoryTier::new(),
             }),
+            due: tokio::sync::watch::Sender::new(None),
             next_client: AtomicU64::new(1),
             upstream,
             metrics,
@@ -307,9 +320,16 @@ impl Driver {
             Some(ClientEvent::Respond {
                 head,
                 body: body @ (ResponseBody::Full(_) | ResponseBody::Empty),
+                outcome,
+                collapsed,
             }) => {
                 inner.clients.remove(&id);
-                Begin::Answered { head, body }
+                Begin::Answered {
+                    head,
+                    body,
+                    outcome,
+                    collapsed,
+                }
             }
             first => Begin::Pending { id, rx, first },
         }
@@ -349,6 +369,12 @@ impl Driver {
         let subject = Subject::of(&input);
         self.contained(inner, subject, |engine| {
             engine.handle_input(SystemTime::now(), input)
+        });
+        let next = inner.engine.poll_timeout();
+        self.due.send_if_modified(|due| {
+            let changed = *due != next;
+            *due = next;
+            changed
         });
         self.metrics
             .cache_bytes
@@ -392,6 +418,8 @@ impl Driver {
                     let _ = tx.send(ClientEvent::Respond {
                         head,
                         body: ResponseBody::Full(body),
+                        outcome: Outcome::Error,
+                        collapsed: false,
                     });
                 }
                 Input::ClientGone { client }
@@ -517,10 +545,25 @@ impl Driver {
                 client,
                 head,
                 body: ResponseBody::Stored(stored),
-            } => self.respond_stored(inner, client, head, stored),
-            Output::Respond { client, head, body } => {
-                Self::send(inner, client, ClientEvent::Respond { head, body })
-            }
+                outcome,
+                collapsed,
+            } => self.respond_stored(inner, client, head, stored, (outcome, collapsed)),
+            Output::Respond {
+                client,
+                head,
+                body,
+                outcome,
+                collapsed,
+            } => Self::send(
+                inner,
+                client,
+                ClientEvent::Respond {
+                    head,
+                    body,
+                    outcome,
+                    collapsed,
+                },
+            ),
             Output::Body { client, chunk } => Self::send(inner, client, ClientEvent::Body(chunk)),
             Output::End { client } => Self::send(inner, client, ClientEvent::End),
             Output::Abort { client } => Self::send(inner, client, ClientEvent::Abort),
@@ -579,6 +622,20 @@ impl Driver {
                     let _ = link.ops.send(DiskOp::Delete { entry });
                 }
             }
+            Output::UpdateMeta {
+                entry,
+                tier: Tier::Disk,
+                meta,
+                ..
+            } => {
+                if let Some(link) = self.disk.get() {
+                    let _ = link.ops.send(DiskOp::UpdateMeta { entry, meta });
+                }
+            }
+            // The memory tier keeps bodies only: its entries' metadata is the engine's.
+            Output::UpdateMeta {
+                tier: Tier::Memory, ..
+            } => {}
             Output::Load { entry, body } => self.disk_load(entry, body),
         }
     }
@@ -647,12 +704,15 @@ impl Driver {
         client: ClientId,
         head: response::Parts,
         stored: StoredBody,
+        (outcome, collapsed): (Outcome, bool),
     ) {
         if stored.tier == Tier::Memory {
             let event = match inner.memory.read(&stored) {
                 Some(b) => ClientEvent::Respond {
                     head,
                     body: ResponseBody::Full(b),
+                    outcome,
+                    collapsed,
                 },
                 None => stored_body_missing(),
             };
@@ -677,6 +737,8 @@ impl Driver {
             ClientEvent::Respond {
                 head,
                 body: ResponseBody::Stream,
+                outcome,
+                collapsed,
             },
         );
         let metrics = self.metrics.clone();
@@ -689,20 +751,29 @@ impl Driver {
         ));
     }
 
-    /// Delivers `Input::Timeout` whenever the engine asked for it (collapse deadlines).
+    /// Delivers `Input::Timeout` when the engine's next deadline comes (collapse deadlines).
+    /// The timer is re-armed after every drain, so a follower gives up on time, not at the
+    /// next poll, and an idle peer does not wake at all.
     pub async fn run_timers(self: Arc<Self>) {
+        let mut due = self.due.subscribe();
         loop {
-            let due = self.lock().engine.poll_timeout();
-            let wait = match due {
-                Some(t) => t
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO)
-                    .min(Duration::from_millis(500)),
-                None => Duration::from_millis(500),
+            let next = *due.borrow_and_update();
+            let Some(at) = next else {
+                if due.changed().await.is_err() {
+                    return;
+                }
+                continue;
             };
-            tokio::time::sleep(wait).await;
-            if due.is_some_and(|t| t <= SystemTime::now()) {
-                self.input(Input::Timeout);
+            let wait = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => self.input(Input::Timeout),
+                changed = due.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -723,6 +794,8 @@ fn stored_body_missing() -> ClientEvent {
     ClientEvent::Respond {
         head,
         body: ResponseBody::Full(body),
+        outcome: Outcome::Error,
+        collapsed: false,
     }
 }
 
@@ -791,6 +864,17 @@ fn disk_writer(
     while let Ok(op) = ops.recv() {
         match op {
             DiskOp::Delete { entry } => disk.delete(entry),
+            // A failed update leaves the older record, which is sound (it revalidates again):
+            // counted and logged, not reported.
+            DiskOp::UpdateMeta { entry, meta } => match disk.update_meta(entry, &meta) {
+                Ok(_) => {}
+                Err(error) => {
+                    if let Some(d) = driver.upgrade() {
+                        d.metrics.disk_write_failures.inc();
+                    }
+                    tracing::debug!(?entry, ?error, "disk tier metadata update failed");
+                }
+            },
             DiskOp::Write { entry, meta, body } => {
                 let result = disk.write(entry, &meta, &body);
                 queued.fetch_sub(meta.len() + body.len(), Ordering::Relaxed);

@@ -1,5 +1,6 @@
 //! Prometheus counters per node, served at `GET /metrics` (prometheus-client).
 
+use larder_core::Outcome;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -8,14 +9,36 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, &'static str)>;
 
-/// Request outcomes, in the order of `Metrics::outcomes`.
-const OUTCOMES: [&str; 6] = ["hit", "revalidated", "pass", "miss", "error", "forwarded"];
+/// The `larder_requests` label of a request another peer answered (its owner).
+const FORWARDED: &str = "forwarded";
+
+/// Per-outcome handles into one counter family, made once (no label allocation on the
+/// request path), in the order of `Outcome::ALL`.
+struct ByOutcome([Counter; Outcome::ALL.len()]);
+
+impl ByOutcome {
+    fn new(family: &Family<Labels, Counter>) -> Self {
+        ByOutcome(
+            Outcome::ALL.map(|o| family.get_or_create(&vec![("outcome", o.as_str())]).clone()),
+        )
+    }
+
+    fn get(&self, outcome: Outcome) -> &Counter {
+        // `ALL` lists every outcome (the core tests it); a newer one counts as an error
+        // rather than not at all.
+        let i = Outcome::ALL.iter().position(|o| *o == outcome);
+        &self.0[i.unwrap_or(Outcome::ALL.len() - 1)]
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
-    /// Per-outcome handles into the `larder_requests` family, made once (no label
-    /// allocation on the request path).
-    outcomes: [Counter; 6],
+    /// `larder_requests` by the engine's outcome.
+    outcomes: ByOutcome,
+    /// `larder_requests{outcome="forwarded"}`.
+    forwarded: Counter,
+    /// `larder_forwarded` by the outcome the owner reported.
+    forwarded_outcomes: ByOutcome,
     pub origin_fetches: Counter,
     pub coalesced: Counter,
     pub peer_forwards: Counter,
@@ -50,10 +73,17 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let requests: Family<Labels, Counter> = Family::default();
-        let outcomes = OUTCOMES.map(|o| requests.get_or_create(&vec![("outcome", o)]).clone());
+        let outcomes = ByOutcome::new(&requests);
+        let forwarded = requests
+            .get_or_create(&vec![("outcome", FORWARDED)])
+            .clone();
+        let by_owner: Family<Labels, Counter> = Family::default();
+        let forwarded_outcomes = ByOutcome::new(&by_owner);
         let mut m = Metrics {
             registry: Registry::default(),
             outcomes,
+            forwarded,
+            forwarded_outcomes,
             origin_fetches: Counter::default(),
             coalesced: Counter::default(),
             peer_forwards: Counter::default(),
@@ -78,8 +108,13 @@ impl Metrics {
         let r = &mut m.registry;
         r.register(
             "larder_requests",
-            "Client requests by cache outcome",
+            "Client requests by cache outcome (forwarded: answered by the owner peer)",
             requests,
+        );
+        r.register(
+            "larder_forwarded",
+            "Requests answered by their owner peer, by the outcome the owner reported",
+            by_owner,
         );
         r.register(
             "larder_origin_fetches",
@@ -180,33 +215,59 @@ impl Metrics {
         m
     }
 
-    /// Counts one request by the outcome its Cache-Status names.
-    pub fn count(&self, cache_status: &str) {
-        let outcome = if cache_status.is_empty() {
-            4
-        } else if cache_status.contains("; hit") {
-            0
-        } else if cache_status.contains("fwd=stale") {
-            1
-        } else if cache_status.contains("fwd=bypass") || cache_status.contains("fwd=method") {
-            2
-        } else {
-            3
-        };
-        self.outcomes[outcome].inc();
-        if cache_status.contains("collapsed") {
+    /// Counts one request this node served, by its typed outcome; `collapsed` when it was
+    /// answered from another request's fetch.
+    pub fn count(&self, outcome: Outcome, collapsed: bool) {
+        self.outcomes.get(outcome).inc();
+        if collapsed {
             self.coalesced.inc();
         }
     }
 
-    /// Counts one request answered by another peer.
-    pub fn count_forwarded(&self) {
-        self.outcomes[5].inc();
+    /// Counts one request answered by its owner peer: `larder_requests{outcome="forwarded"}`
+    /// (the owner counts how it served it, so a cluster's sum counts each request once),
+    /// and `larder_forwarded` by the outcome the owner's Cache-Status reports.
+    pub fn count_forwarded(&self, owner: Outcome) {
+        self.forwarded.inc();
+        self.forwarded_outcomes.get(owner).inc();
     }
 
     pub fn render(&self) -> String {
         let mut s = String::new();
         encode(&mut s, &self.registry).expect("writing to a String cannot fail");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(m: &Metrics, line: &str) -> u64 {
+        m.render()
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in\n{}", m.render()))
+    }
+
+    #[test]
+    fn every_outcome_has_its_label() {
+        let m = Metrics::new();
+        for (n, o) in Outcome::ALL.into_iter().enumerate() {
+            for _ in 0..=n {
+                m.count(o, false);
+            }
+        }
+        m.count(Outcome::Miss, true);
+        m.count_forwarded(Outcome::Stale);
+        for (n, o) in Outcome::ALL.into_iter().enumerate() {
+            let extra = u64::from(o == Outcome::Miss);
+            let line = format!("larder_requests_total{{outcome=\"{}\"}}", o.as_str());
+            assert_eq!(value(&m, &line), n as u64 + 1 + extra, "{line}");
+        }
+        assert_eq!(value(&m, "larder_requests_total{outcome=\"forwarded\"}"), 1);
+        assert_eq!(value(&m, "larder_forwarded_total{outcome=\"stale\"}"), 1);
+        assert_eq!(value(&m, "larder_forwarded_total{outcome=\"hit\"}"), 0);
+        assert_eq!(value(&m, "larder_coalesced_total"), 1);
     }
 }

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use larder_core::door::{self, Door, Refused};
-use larder_core::{ClientId, ResponseBody, Route};
+use larder_core::{ClientId, Outcome, ResponseBody, Route};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -488,7 +488,12 @@ async fn route(
         Route::ByRing
     };
     let (id, mut rx, mut next) = match state.driver.begin(parts, route) {
-        Begin::Answered { head, body } => return Ok(respond(state, head, body, None, &log)),
+        Begin::Answered {
+            head,
+            body,
+            outcome,
+            collapsed,
+        } => return Ok(respond(state, head, body, (outcome, collapsed), None, &log)),
         Begin::Pending { id, rx, first } => (id, rx, first),
     };
     let mut pending = Pending(Some((state.driver.clone(), id)));
@@ -498,6 +503,7 @@ async fn route(
             None => match rx.recv().await {
                 Some(ev) => ev,
                 None => {
+                    state.metrics.count(Outcome::Error, false);
                     return Err((
                         Refused(
                             StatusCode::INTERNAL_SERVER_ERROR,
@@ -513,20 +519,28 @@ async fn route(
             ClientEvent::Respond {
                 head,
                 body: ResponseBody::Stream,
+                outcome,
+                collapsed,
             } => {
                 let guard = pending.take();
                 return Ok(respond(
                     state,
                     head,
                     ResponseBody::Stream,
+                    (outcome, collapsed),
                     Some((rx, guard)),
                     &log,
                 ));
             }
-            ClientEvent::Respond { head, body } => {
+            ClientEvent::Respond {
+                head,
+                body,
+                outcome,
+                collapsed,
+            } => {
                 // Complete responses leave the engine's books at once: nothing to release.
                 pending.0 = None;
-                return Ok(respond(state, head, body, None, &log));
+                return Ok(respond(state, head, body, (outcome, collapsed), None, &log));
             }
             ClientEvent::Forward { peers, head } => {
                 state.metrics.peer_forwards.inc();
@@ -555,14 +569,20 @@ async fn route(
                     .await;
                 match got {
                     Some(resp) => {
-                        state.metrics.count_forwarded();
+                        // The owner counted how it served this; its Cache-Status says how.
+                        state
+                            .metrics
+                            .count_forwarded(Outcome::from_headers(resp.status(), resp.headers()));
                         return Ok(relay(resp, None, state.settings.idle_timeout, &log));
                     }
                     // Every better peer failed: serve it here (the engine still coalesces).
                     None => state.driver.retry_local(id, head),
                 }
             }
-            ClientEvent::Pass { status, mut head } => {
+            ClientEvent::Pass {
+                mut status,
+                mut head,
+            } => {
                 larder_core::policy::strip_hop_by_hop(&mut head.headers);
                 head.headers.remove(header::HOST);
                 let b: Body = match &body {
@@ -582,7 +602,9 @@ async fn route(
                         state
                             .driver
                             .input(larder_core::Input::PassResponse { client: id, head });
-                        state.metrics.count(&status.to_string());
+                        // RFC 9211 fwd-status: what upstream answered (and how this counts).
+                        status.fwd_status = Some(resp.status().as_u16());
+                        state.metrics.count(status.outcome(resp.status()), false);
                         Ok(relay(
                             resp,
                             Some(status.to_header_value()),
@@ -592,14 +614,13 @@ async fn route(
                     }
                     Err(OriginError::NotAllowed(why)) => {
                         tracing::info!(%method, %url, "refused: {why}");
-                        state.metrics.count(&status.to_string());
+                        let status = status.with_detail(DESTINATION_NOT_ALLOWED);
+                        state
+                            .metrics
+                            .count(status.outcome(StatusCode::FORBIDDEN), false);
                         let mut r = text(StatusCode::FORBIDDEN, &why.to_string());
-                        r.headers_mut().insert(
-                            "cache-status",
-                            status
-                                .with_detail(DESTINATION_NOT_ALLOWED)
-                                .to_header_value(),
-                        );
+                        r.headers_mut()
+                            .insert("cache-status", status.to_header_value());
                         Ok(r)
                     }
                     Err(OriginError::Failed(e)) => {
@@ -607,6 +628,7 @@ async fn route(
                             SendError::Timeout => StatusCode::GATEWAY_TIMEOUT,
                             _ => StatusCode::BAD_GATEWAY,
                         };
+                        state.metrics.count(status.outcome(code), false);
                         Err((Refused(code, format!("origin failed: {e:?}")), method, url))
                     }
                 };
@@ -661,11 +683,13 @@ async fn drop_get_body(parts: &http::request::Parts, body: Incoming) -> Result<b
 /// A streaming response's event channel and the client to release when it ends.
 type Streaming = (crate::driver::Events, (Arc<Driver>, ClientId));
 
-/// A response the engine made (from cache, or streaming a fill).
+/// A response the engine made (from cache, or streaming a fill), counted by its outcome
+/// (and whether it was collapsed onto another request's fetch).
 fn respond(
     state: &State,
     mut head: http::response::Parts,
     body: ResponseBody,
+    (outcome, collapsed): (Outcome, bool),
     stream: Option<Streaming>,
     log: &impl Fn(u16, String, Option<u64>) -> Option<LogLine>,
 ) -> Response<ClientBody> {
@@ -676,11 +700,11 @@ fn respond(
         .get("cache-status")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    state.metrics.count(cache);
+    state.metrics.count(outcome, collapsed);
     let b = match (body, stream) {
         (ResponseBody::Empty, _) => ClientBody::empty(),
         (ResponseBody::Full(b), _) => {
-            if cache.contains("; hit") {
+            if outcome.from_store() {
                 state.metrics.bytes_from_cache.inc_by(b.len() as u64);
             }
             ClientBody::full(b)

@@ -327,3 +327,90 @@ fn a_full_disk_is_survived() {
     assert!(head.contains("larder; hit"), "{head}");
     assert_eq!(b, body("/pkg/0.deb", 0, 40_000));
 }
+
+/// An origin whose answer is fresh for 1 s, and which answers a revalidation with a 304
+/// that makes it fresh for an hour and adds a field.
+fn revalidating_origin() -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut conditional = false;
+                    loop {
+                        let mut l = String::new();
+                        if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                            break;
+                        }
+                        conditional |= l.to_ascii_lowercase().starts_with("if-none-match: \"v\"");
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let answer = if conditional {
+                        "HTTP/1.1 304 Not Modified\r\ncache-control: max-age=3600\r\n\
+                         etag: \"v\"\r\nx-refreshed: yes\r\n\r\n"
+                            .to_owned()
+                    } else {
+                        "HTTP/1.1 200 OK\r\ncache-control: max-age=1\r\netag: \"v\"\r\n\
+                         content-length: 9\r\n\r\nthe body!"
+                            .to_owned()
+                    };
+                    if w.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, hits)
+}
+
+/// RFC 9111 §4.3.4 across a restart: the 304's refresh is written to the entry's record
+/// (metadata replaced, body kept), so the restarted peer serves it fresh, with the 304's
+/// fields, without asking the origin again.
+#[test]
+fn a_304_refresh_survives_a_restart() {
+    let dir = scratch("refresh");
+    let (port, hits) = revalidating_origin();
+    let url = format!("http://127.0.0.1:{port}/r");
+    let peer = start_with(&disk_args(&dir));
+    let (head, _) = get(&peer, &url, &[]);
+    assert!(head.contains("fwd=uri-miss"), "{head}");
+    wait_for("the disk write", || {
+        metric(&peer, "larder_disk_writes_total") >= 1.0
+    });
+    std::thread::sleep(Duration::from_millis(2100));
+    let (head, b) = get(&peer, &url, &[]);
+    assert!(head.contains("fwd-status=304"), "revalidated: {head}");
+    assert!(head.contains("x-refreshed: yes"), "{head}");
+    assert_eq!(b, b"the body!");
+    wait_for("the record's new metadata", || {
+        entries(&dir)
+            .iter()
+            .any(|f| std::fs::read(f).is_ok_and(|b| b.windows(11).any(|w| w == b"x-refreshed")))
+    });
+    drop(peer);
+    let peer = start_with(&disk_args(&dir));
+    wait_for("the start-up scan", || {
+        metric(&peer, "larder_disk_bytes") > 0.0
+    });
+    let (head, b) = get(&peer, &url, &[]);
+    assert!(
+        head.contains("larder; hit"),
+        "fresh after the restart: {head}"
+    );
+    assert!(head.contains("x-refreshed: yes"), "{head}");
+    assert_eq!(b, b"the body!");
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "fill and revalidation only");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -375,6 +375,13 @@ impl Edge {
                 Tier::Memory => self.memory.insert(id, body),
                 Tier::Disk => self.write(id, &key, &meta, body).await,
             },
+            Output::UpdateMeta {
+                entry: id,
+                tier: Tier::Disk,
+                key,
+                meta,
+            } => self.update_meta(id, &key, &meta).await,
+            Output::UpdateMeta { .. } => {}
             Output::Delete {
                 entry: id,
                 tier,
@@ -687,6 +694,34 @@ impl Edge {
         let list = self.index(&ix).await;
         list.retain(|(e, _)| *e != id);
         list.push((id, record.len() as u64));
+        self.save_index(&ix).await;
+    }
+
+    /// A 304 refreshed an entry: its record gets the new metadata and keeps its body. When
+    /// that fails the old record stays, which is sound (older, not wrong).
+    async fn update_meta(&mut self, id: EntryId, key: &CacheKey, meta: &[u8]) {
+        let record = match self.records.get(&id) {
+            Some(body) => entry::encode(meta, body),
+            None => {
+                let Some(kv) = &self.kv else { return };
+                let Ok(Some(old)) = kv.get(record_key(id)).await else {
+                    return;
+                };
+                match entry::replace_meta(&Bytes::from(old), meta) {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            }
+        };
+        let Some(kv) = &self.kv else { return };
+        if kv.set(record_key(id), &record).await.is_err() {
+            return;
+        }
+        let ix = index_key(key);
+        let list = self.index(&ix).await;
+        if let Some(e) = list.iter_mut().find(|(e, _)| *e == id) {
+            e.1 = record.len() as u64;
+        }
         self.save_index(&ix).await;
     }
 

@@ -1,6 +1,6 @@
 //! The engine's inputs and outputs: plain values, nothing else crosses the boundary.
 
-use crate::cache_status::CacheStatus;
+use crate::cache_status::{CacheStatus, Outcome};
 use crate::key::CacheKey;
 use crate::storage::{EntryId, StorageError, StoredBody, Tier};
 use bytes::Bytes;
@@ -133,6 +133,11 @@ pub enum Output {
         client: ClientId,
         head: response::Parts,
         body: ResponseBody,
+        /// How this request counts (hit, stale, miss, error ...), derived from the
+        /// Cache-Status in `head` and its status: count this, never the header text.
+        outcome: Outcome,
+        /// The request waited on another request's fetch (`collapsed` in Cache-Status).
+        collapsed: bool,
     },
     /// Next piece of a streamed body.
     Body { client: ClientId, chunk: Bytes },
@@ -151,7 +156,9 @@ pub enum Output {
     },
     /// Not for the cache: send the request (and its body) upstream unchanged and relay the
     /// answer, adding `status` as Cache-Status. Unsafe methods were already invalidated.
-    /// `head` is the request as given (URI normalized).
+    /// `head` is the request as given (URI normalized). The adapter sets
+    /// `status.fwd_status` to the upstream's status and counts `status.outcome(...)` of
+    /// the status it relays (an [`Outcome::Pass`] unless the proxy made an error).
     Pass {
         client: ClientId,
         status: CacheStatus,
@@ -173,6 +180,16 @@ pub enum Output {
         key: CacheKey,
         meta: Bytes,
         body: Bytes,
+    },
+    /// Replace the metadata of an entry `tier` holds, keeping its body: a 304 refreshed it
+    /// (RFC 9111 §4.3.4). Without this a restart would bring back the entry as it was before
+    /// the revalidation. A tier that cannot do it may leave the old record: it is older, not
+    /// wrong (it revalidates again). Nothing is reported back.
+    UpdateMeta {
+        entry: EntryId,
+        tier: Tier,
+        key: CacheKey,
+        meta: Bytes,
     },
     /// Drop this entry from `tier` (evicted, replaced, invalidated or found corrupt).
     Delete {

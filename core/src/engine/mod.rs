@@ -5,15 +5,20 @@
 //! [`Engine::poll_output`] until `None`, then wait for I/O or [`Engine::poll_timeout`].
 //! Every decision is an [`Output`]; the adapter only moves bytes and keeps time.
 
+mod deadlines;
+mod flights;
+mod hit_for_miss;
 mod io;
 mod respond;
+mod segment_index;
 mod store;
 
+pub use hit_for_miss::HIT_FOR_MISS_MAX;
 pub use io::{ClientId, FetchId, Input, Output, ResponseBody, Route, UpstreamError};
 pub use respond::error_response;
 
 use crate::cache_status::{CacheStatus, Fwd};
-use crate::key::CacheKey;
+use crate::key::{CacheKey, SegmentKey};
 use crate::policy::{self, NotStored, Policy, PolicyConfig, Reuse, Revalidated, Stored};
 use crate::range;
 use crate::ring::{PeerSelection, RingKind};
@@ -21,8 +26,12 @@ use crate::segment::{self, SegmentAnswer, Segments};
 use crate::storage::entry::{self, Meta};
 use crate::storage::{EntryId, StorageError, Tier};
 use bytes::{Bytes, BytesMut};
+use deadlines::Deadlines;
+use flights::{Flights, Release};
 use hashbrown::HashMap;
+use hit_for_miss::HitForMiss;
 use http::{Method, StatusCode, header, request, response};
+use segment_index::SegmentIndex;
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 use store::{Change, Hot, Store};
@@ -79,9 +88,6 @@ impl Default for Config {
 /// the engine tries it again. Entries already on disk keep serving meanwhile.
 pub const DISK_RETRY: Duration = Duration::from_secs(60);
 
-/// Most URLs remembered as uncacheable at once.
-pub const HIT_FOR_MISS_MAX: usize = 16_384;
-
 /// Most Vary variants kept for one URL (the oldest goes first): a response that varies on a
 /// field clients choose freely must not grow a list every request for the URL then walks.
 pub const MAX_VARIANTS: usize = 32;
@@ -106,7 +112,6 @@ struct Client {
     streaming: bool,
     /// Absolute byte window still to deliver when streaming a range.
     window: Option<range::ByteRange>,
-    deadline: Option<SystemTime>,
     collapsed: bool,
     fwd: Fwd,
     /// Replayed after its entries were loaded: entries still cold are misses now.
@@ -122,7 +127,6 @@ impl Client {
             fetch: None,
             streaming: false,
             window: None,
-            deadline: None,
             collapsed: false,
             fwd: Fwd::UriMiss,
             replayed: false,
@@ -144,8 +148,6 @@ struct Fetch {
     object_key: CacheKey,
     sent: request::Parts,
     kind: FetchKind,
-    /// Listed in `flights`: later requests for the key wait on it.
-    joinable: bool,
     clients: Vec<ClientId>,
     /// The head as clients see it (a segment's 200 view carries the whole length).
     head: Option<response::Parts>,
@@ -175,11 +177,13 @@ pub struct Engine {
     ring: PeerSelection,
     passthrough: Vec<regex_lite::Regex>,
     store: Store,
-    segments_of: HashMap<CacheKey, Vec<u64>>,
+    segments: SegmentIndex,
     clients: HashMap<ClientId, Client>,
     fetches: HashMap<FetchId, Fetch>,
-    flights: HashMap<CacheKey, FetchId>,
-    hit_for_miss: HashMap<CacheKey, SystemTime>,
+    flights: Flights,
+    /// When waiting followers give up on their flight.
+    deadlines: Deadlines,
+    hit_for_miss: HitForMiss,
     /// Unsafe requests passed upstream, waiting for their status to invalidate.
     unsafe_passes: HashMap<ClientId, CacheKey>,
     /// Disk loads under way, and the key each one is for.
@@ -222,11 +226,12 @@ impl Engine {
             ),
             passthrough,
             config,
-            segments_of: HashMap::new(),
+            segments: SegmentIndex::default(),
             clients: HashMap::new(),
             fetches: HashMap::new(),
-            flights: HashMap::new(),
-            hit_for_miss: HashMap::new(),
+            flights: Flights::default(),
+            deadlines: Deadlines::default(),
+            hit_for_miss: HitForMiss::default(),
             unsafe_passes: HashMap::new(),
             loads: HashMap::new(),
             parked: HashMap::new(),
@@ -287,12 +292,18 @@ impl Engine {
 
     /// When to deliver `Input::Timeout` next.
     pub fn poll_timeout(&self) -> Option<SystemTime> {
-        self.clients.values().filter_map(|c| c.deadline).min()
+        self.deadlines.next()
     }
 
     /// Applies one input at `now`.
     pub fn handle_input(&mut self, now: SystemTime, input: Input) {
-        self.now = crate::time::clamp(now);
+        let now = crate::time::clamp(now);
+        if now < self.now {
+            // The clock stepped back: a wait may not grow by the step.
+            self.deadlines
+                .cap(crate::time::after(now, self.config.collapse_timeout));
+        }
+        self.now = now;
         match input {
             Input::Request {
                 client,
@@ -321,6 +332,10 @@ impl Engine {
             }
             Input::Timeout => self.on_timeout(),
         }
+        debug_assert!(
+            self.deadlines.len() <= self.clients.len(),
+            "a deadline outlived its client"
+        );
     }
 
     // ---- requests -------------------------------------------------------------------
@@ -420,14 +435,14 @@ impl Engine {
                         status.detail = Some("stale-while-revalidate");
                         self.clients.insert(cid, client);
                         self.answer_from_entry(cid, id, status);
-                        if !self.flights.contains_key(&key) {
+                        if self.flights.leader(&key).is_none() {
                             let fid = self.start_fetch(
                                 key.clone(),
                                 key.clone(),
                                 *revalidate,
                                 FetchKind::Revalidate { variant: id },
                             );
-                            self.flights.insert(key, fid);
+                            self.flights.lead(key, fid);
                         }
                         return;
                     }
@@ -455,17 +470,14 @@ impl Engine {
             );
             return;
         }
-        if let Some(until) = self.hit_for_miss.get(&key).copied() {
-            if until > self.now {
-                let status = CacheStatus::fwd(Fwd::Bypass).with_detail("hit-for-miss");
-                self.outputs.push_back(Output::Pass {
-                    client: cid,
-                    status,
-                    head: client.req,
-                });
-                return;
-            }
-            self.hit_for_miss.remove(&key);
+        if self.hit_for_miss.is_marked(&key, self.now) {
+            let status = CacheStatus::fwd(Fwd::Bypass).with_detail("hit-for-miss");
+            self.outputs.push_back(Output::Pass {
+                client: cid,
+                status,
+                head: client.req,
+            });
+            return;
         }
         // Wait behind a fetch already under way for this key.
         let mut client = match self.join_flight(cid, client, &key) {
@@ -479,7 +491,6 @@ impl Engine {
             Some((variant, revalidate)) => (FetchKind::Revalidate { variant }, revalidate),
             None => (FetchKind::Fill, policy::fill_request(&client.req)),
         };
-        client.deadline = None;
         let fid = self.start_fetch(key.clone(), key.clone(), sent, kind);
         client.fetch = Some(fid);
         self.clients.insert(cid, client);
@@ -488,7 +499,7 @@ impl Engine {
             .expect("just made")
             .clients
             .push(cid);
-        self.flights.insert(key, fid);
+        self.flights.lead(key, fid);
     }
 
     /// A GET for one range inside one segment of an object not stored whole: serve it from
@@ -513,16 +524,12 @@ impl Engine {
             return false;
         }
         let segs = Segments::new(size);
-        let known_total = self
-            .segments_of
-            .get(&client.key)
-            .and_then(|ix| ix.first())
-            .and_then(|i| {
-                self.store
-                    .variants(&client.key.segment(*i))
-                    .iter()
-                    .find_map(|id| self.store.hot(*id)?.total)
-            });
+        let known_total = self.segments.of(&client.key).first().and_then(|i| {
+            self.store
+                .variants(&client.key.segment(*i))
+                .iter()
+                .find_map(|id| self.store.hot(*id)?.total)
+        });
         let Some(index) = segs.plan(&specs, known_total).single() else {
             return false;
         };
@@ -576,22 +583,22 @@ impl Engine {
         let f = self.fetches.get_mut(&fid).expect("just made");
         f.clients.push(cid);
         f.base = segs.start_of(index);
-        self.flights.insert(seg_key, fid);
+        self.flights.lead(seg_key, fid);
         true
     }
 
     /// Makes the client a follower of the joinable fetch under way for `key`, if any
     /// (it replays what arrived so far); hands the client back when there is none.
     fn join_flight(&mut self, cid: ClientId, mut client: Client, key: &CacheKey) -> Option<Client> {
-        let Some(&fid) = self.flights.get(key) else {
+        let Some(fid) = self.flights.leader(key) else {
             return Some(client);
         };
-        if !self.fetches.get(&fid).is_some_and(|f| f.joinable) {
-            return Some(client);
-        }
         client.collapsed = true;
         client.fetch = Some(fid);
-        client.deadline = Some(crate::time::after(self.now, self.config.collapse_timeout));
+        self.deadlines.set(
+            cid,
+            crate::time::after(self.now, self.config.collapse_timeout),
+        );
         self.clients.insert(cid, client);
         let f = self.fetches.get_mut(&fid).expect("checked");
         f.clients.push(cid);
@@ -618,7 +625,6 @@ impl Engine {
                 object_key,
                 sent,
                 kind,
-                joinable: true,
                 clients: Vec::new(),
                 head: None,
                 storing: None,
@@ -658,7 +664,7 @@ impl Engine {
     fn invalidate(&mut self, key: &CacheKey) {
         let mut changes = Vec::new();
         self.store.remove_key(key, &mut changes);
-        for i in self.segments_of.remove(key).unwrap_or_default() {
+        for i in self.segments.take(key) {
             self.store.remove_key(&key.segment(i), &mut changes);
         }
         self.apply(changes);
@@ -802,6 +808,36 @@ impl Engine {
         self.apply(changes);
     }
 
+    /// A revalidated entry's new metadata goes to the disk tier, which keeps metadata beside
+    /// the body (the memory tier keeps only bodies): otherwise a restart would bring back the
+    /// entry as it was before the 304.
+    fn persist_meta(&mut self, id: EntryId, sent: &request::Parts) {
+        if self.disk_resting() {
+            return;
+        }
+        let Some(slot) = self.store.slot(id) else {
+            return;
+        };
+        let (Some(_), Some(hot)) = (slot.on_disk, slot.hot.as_ref()) else {
+            return;
+        };
+        let meta = Meta {
+            id,
+            key: slot.key.clone(),
+            response_time: hot.stored.response_time(),
+            request: hot.stored.kept_request(sent),
+            response: crate::heads::clone_response(&hot.head),
+            total: hot.total,
+        }
+        .encode();
+        self.outputs.push_back(Output::UpdateMeta {
+            entry: id,
+            tier: Tier::Disk,
+            key: slot.key.clone(),
+            meta,
+        });
+    }
+
     /// Stores a complete response in the tiers that take it.
     fn store_response(
         &mut self,
@@ -880,10 +916,10 @@ impl Engine {
         match f.kind {
             FetchKind::Revalidate { variant } => {
                 if head.status == StatusCode::NOT_MODIFIED {
-                    let outcome = self
-                        .store
-                        .hot(variant)
-                        .map(|e| self.policy.revalidated(&e.stored, &f.sent, &head, now));
+                    let outcome = self.store.hot(variant).map(|e| {
+                        self.policy
+                            .revalidated(&e.stored, &e.head, &f.sent, &head, now)
+                    });
                     if let Some(Revalidated::NotModified {
                         stored,
                         head: merged,
@@ -900,6 +936,8 @@ impl Engine {
                             .headers
                             .insert(header::CONTENT_LENGTH, len.into());
                         self.store.touch(variant);
+                        let sent = crate::heads::clone_request(&f.sent);
+                        self.persist_meta(variant, &sent);
                         self.finish_from_entry(fid, variant, true);
                         return;
                     }
@@ -955,15 +993,12 @@ impl Engine {
                     Ok(SegmentAnswer::WholeObject) => {
                         // The origin ignores Range: this is the whole object, a normal fill.
                         let object_key = f.object_key.clone();
-                        if self.flights.get(&f.key) == Some(&fid) {
-                            let k = f.key.clone();
-                            self.flights.remove(&k);
-                        }
+                        self.flights.land(&f.key, fid);
                         f.key = object_key.clone();
                         f.base = 0;
                         f.kind = FetchKind::Fill;
                         f.sent.headers.remove(header::RANGE);
-                        self.flights.entry(object_key).or_insert(fid);
+                        self.flights.lead_if_free(object_key, fid);
                     }
                     Err(segment::SegmentError::Status(416)) => {
                         // The segment holding the client's first byte lies past the end: the
@@ -1041,12 +1076,8 @@ impl Engine {
                     uncacheable = Some(f.key.clone());
                 }
             }
-            f.joinable = false;
             f.chunks.clear();
-            let key = f.key.clone();
-            if self.flights.get(&key) == Some(&fid) {
-                self.flights.remove(&key);
-            }
+            self.flights.land(&f.key, fid);
         } else if let Some(head) = &f.head {
             // Followers whose Vary selection differs from the leader's must fetch their own.
             let vary = policy::vary::VaryKey::of(&f.sent.headers, &head.headers);
@@ -1059,7 +1090,7 @@ impl Engine {
             released = other;
         }
         if let Some(key) = uncacheable {
-            self.remember_uncacheable(key, until);
+            self.hit_for_miss.mark(key, until, self.now);
         }
         for c in &released {
             if let Some(c) = self.clients.get_mut(c) {
@@ -1070,7 +1101,7 @@ impl Engine {
         for cid in clients {
             self.start_stream(cid, fid);
         }
-        self.refetch_unshared(released);
+        self.release(released, Release::GiveUp);
         self.maybe_finish(fid);
     }
 
@@ -1084,17 +1115,13 @@ impl Engine {
         }
         let offset = f.base + f.received;
         f.received += chunk.len() as u64;
-        if f.storing.is_some() || f.joinable {
+        if f.storing.is_some() || self.flights.leads(&f.key, fid) {
             if f.received > max {
                 // Too large after all (no Content-Length said so): stream on, keep nothing.
                 f.storing = None;
                 f.not_stored = Some(NotStored::TooLarge);
                 f.chunks = Vec::new();
-                f.joinable = false;
-                let key = f.key.clone();
-                if self.flights.get(&key) == Some(&fid) {
-                    self.flights.remove(&key);
-                }
+                self.flights.land(&f.key, fid);
             } else {
                 f.chunks.push(chunk.clone());
             }
@@ -1119,9 +1146,7 @@ impl Engine {
             return;
         }
         let mut f = self.fetches.remove(&fid).expect("exists");
-        if self.flights.get(&f.key) == Some(&fid) {
-            self.flights.remove(&f.key);
-        }
+        self.flights.land(&f.key, fid);
         if let (Some(stored), Some(mut head)) = (f.storing.take(), f.head.take()) {
             let body = concat(std::mem::take(&mut f.chunks));
             // Stored with its own length (chunked answers had none); a segment also keeps
@@ -1134,14 +1159,14 @@ impl Engine {
             };
             let kept = self.store_response(f.key.clone(), stored, &f.sent, head, body, total);
             if let (true, FetchKind::Segment { index }) = (kept, f.kind) {
-                let ix = self.segments_of.entry(f.object_key.clone()).or_default();
-                if !ix.contains(&index) {
-                    ix.push(index);
-                }
+                self.segments.add(SegmentKey {
+                    object: f.object_key.clone(),
+                    index,
+                });
             }
         }
         for cid in f.clients {
-            if let Some(c) = self.clients.remove(&cid) {
+            if let Some(c) = self.take_client(cid) {
                 if c.streaming {
                     self.outputs.push_back(Output::End { client: cid });
                 }
@@ -1161,7 +1186,7 @@ impl Engine {
             }
             let f = self.fetches.get_mut(&fid).expect("exists");
             // The first client gets the error; the others get a new leader and one more try.
-            let mut rest = if f.clients.len() > 1 && !f.retried {
+            let rest = if f.clients.len() > 1 && !f.retried {
                 f.clients.split_off(1)
             } else {
                 Vec::new()
@@ -1173,31 +1198,14 @@ impl Engine {
             };
             self.fail_waiting(fid, status, error.as_str());
             self.drop_fetch(fid, false);
-            if let Some(&first) = rest.first() {
-                let Some(c) = self.clients.get(&first) else {
-                    return;
-                };
-                let (key, sent) = (c.key.clone(), policy::fill_request(&c.req));
-                let nf = self.start_fetch(key.clone(), key.clone(), sent, FetchKind::Fill);
-                self.flights.insert(key, nf);
-                let f = self.fetches.get_mut(&nf).expect("just made");
-                f.retried = true;
-                for cid in &rest {
-                    if let Some(c) = self.clients.get_mut(cid) {
-                        c.fetch = Some(nf);
-                    }
-                }
-                f.clients.append(&mut rest);
-            }
+            self.release(rest, Release::TransientError);
             return;
         }
         // Mid-body: everyone streaming sees an aborted response; nothing is stored.
         let f = self.fetches.remove(&fid).expect("exists");
-        if self.flights.get(&f.key) == Some(&fid) {
-            self.flights.remove(&f.key);
-        }
+        self.flights.land(&f.key, fid);
         for cid in f.clients {
-            if let Some(c) = self.clients.remove(&cid) {
+            if let Some(c) = self.take_client(cid) {
                 if c.streaming {
                     self.outputs.push_back(Output::Abort { client: cid });
                 } else {
@@ -1215,7 +1223,7 @@ impl Engine {
     }
 
     fn on_client_gone(&mut self, cid: ClientId) {
-        let Some(c) = self.clients.remove(&cid) else {
+        let Some(c) = self.take_client(cid) else {
             return;
         };
         let Some(fid) = c.fetch else { return };
@@ -1231,28 +1239,57 @@ impl Engine {
 
     fn on_timeout(&mut self) {
         let now = self.now;
-        let expired: Vec<ClientId> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now) && !c.streaming)
-            .map(|(id, _)| *id)
-            .collect();
+        let mut expired = self.deadlines.expired(now);
+        expired.retain(|c| self.clients.get(c).is_some_and(|c| !c.streaming));
         for cid in &expired {
             let Some(c) = self.clients.get_mut(cid) else {
                 continue;
             };
-            c.deadline = None;
             if let Some(fid) = c.fetch.take() {
                 if let Some(f) = self.fetches.get_mut(&fid) {
                     f.clients.retain(|x| x != cid);
                 }
             }
         }
-        self.refetch_unshared(expired);
-        self.hit_for_miss.retain(|_, until| *until > now);
+        self.release(expired, Release::WaitTimeout);
+        self.hit_for_miss.prune(now);
     }
 
     // ---- helpers ----------------------------------------------------------------------
+
+    /// Forgets a client (answered, gone or moved), with its deadline.
+    fn take_client(&mut self, cid: ClientId) -> Option<Client> {
+        self.deadlines.clear(cid);
+        self.clients.remove(&cid)
+    }
+
+    /// Followers that stop following their flight: what they do next depends on why.
+    fn release(&mut self, clients: Vec<ClientId>, why: Release) {
+        match why {
+            Release::TransientError => self.retry_together(clients),
+            Release::GiveUp | Release::WaitTimeout => self.refetch_unshared(clients),
+        }
+    }
+
+    /// The first still-waiting client leads a new, shared fill for the others; marked
+    /// `retried`, so a second failure ends the attempt (never a retry loop).
+    fn retry_together(&mut self, mut clients: Vec<ClientId>) {
+        clients.retain(|c| self.clients.contains_key(c));
+        let Some(first) = clients.first().and_then(|c| self.clients.get(c)) else {
+            return;
+        };
+        let (key, sent) = (first.key.clone(), policy::fill_request(&first.req));
+        let nf = self.start_fetch(key.clone(), key.clone(), sent, FetchKind::Fill);
+        self.flights.lead(key, nf);
+        for cid in &clients {
+            if let Some(c) = self.clients.get_mut(cid) {
+                c.fetch = Some(nf);
+            }
+        }
+        let f = self.fetches.get_mut(&nf).expect("just made");
+        f.retried = true;
+        f.clients = clients;
+    }
 
     /// Gives each released client a fetch of its own, not shared with anyone.
     fn refetch_unshared(&mut self, clients: Vec<ClientId>) {
@@ -1263,11 +1300,10 @@ impl Engine {
             let (key, sent) = (c.key.clone(), policy::fill_request(&c.req));
             let fid = self.start_fetch(key.clone(), key, sent, FetchKind::Fill);
             let f = self.fetches.get_mut(&fid).expect("just made");
-            f.joinable = false;
             f.clients.push(cid);
             let c = self.clients.get_mut(&cid).expect("checked");
             c.fetch = Some(fid);
-            c.deadline = None;
+            self.deadlines.clear(cid);
         }
     }
 
@@ -1284,7 +1320,7 @@ impl Engine {
             }
         }
         self.fetches.get_mut(&fid).expect("just made").clients = clients;
-        self.flights.insert(key, fid);
+        self.flights.lead(key, fid);
     }
 
     /// Answers a failed fetch's clients from a stale entry when every one of them allows it.
@@ -1327,9 +1363,10 @@ impl Engine {
     /// length or validator belong to another version and are dropped, so no later plan (or
     /// response) mixes the two.
     fn drop_other_versions(&mut self, object: &CacheKey, total: u64, now: &http::HeaderMap) {
-        let Some(ix) = self.segments_of.get(object) else {
+        let ix = self.segments.of(object);
+        if ix.is_empty() {
             return;
-        };
+        }
         let has_validator = |h: &http::HeaderMap| {
             h.contains_key(header::ETAG) || h.contains_key(header::LAST_MODIFIED)
         };
@@ -1359,44 +1396,22 @@ impl Engine {
         if !self.store.variants(key).is_empty() {
             return;
         }
-        let Some((object, index)) = split_segment(key) else {
-            return;
-        };
-        if let Some(ix) = self.segments_of.get_mut(&object) {
-            ix.retain(|i| *i != index);
-            if ix.is_empty() {
-                self.segments_of.remove(&object);
-            }
+        if let Some(seg) = key.as_segment() {
+            self.segments.remove(&seg);
         }
     }
 
     /// A segment entry came back from disk: list it under its object.
     fn remember_segment(&mut self, key: &CacheKey) {
-        if let Some((object, index)) = split_segment(key) {
-            let ix = self.segments_of.entry(object).or_default();
-            if !ix.contains(&index) {
-                ix.push(index);
-            }
+        if let Some(seg) = key.as_segment() {
+            self.segments.add(seg);
         }
-    }
-
-    /// Hit-for-miss memory is an optimization: bounded, expired entries pruned as it fills,
-    /// and forgotten wholesale if a flood of unique uncacheable URLs still overflows it.
-    fn remember_uncacheable(&mut self, key: CacheKey, until: SystemTime) {
-        if self.hit_for_miss.len() >= HIT_FOR_MISS_MAX {
-            let now = self.now;
-            self.hit_for_miss.retain(|_, u| *u > now);
-            if self.hit_for_miss.len() >= HIT_FOR_MISS_MAX {
-                self.hit_for_miss.clear();
-            }
-        }
-        self.hit_for_miss.insert(key, until);
     }
 
     /// Keys the engine remembers outside the store (hit-for-miss marks, segment indexes):
     /// bounded, whatever the traffic.
     pub fn remembered_keys(&self) -> usize {
-        self.hit_for_miss.len() + self.segments_of.len()
+        self.hit_for_miss.len() + self.segments.len()
     }
 
     /// Seconds an entry is past its freshness (0 while fresh), for `Cache-Status: ttl=-N`.
@@ -1426,9 +1441,7 @@ impl Engine {
     /// Forgets a fetch; tells the adapter to stop it when `cancel`.
     fn drop_fetch(&mut self, fid: FetchId, cancel: bool) {
         if let Some(f) = self.fetches.remove(&fid) {
-            if self.flights.get(&f.key) == Some(&fid) {
-                self.flights.remove(&f.key);
-            }
+            self.flights.land(&f.key, fid);
             if cancel {
                 self.outputs.push_back(Output::CancelFetch { fetch: fid });
             }
@@ -1517,12 +1530,6 @@ fn explain(detail: &str) -> &'static str {
         }
         _ => "upstream failed",
     }
-}
-
-/// A segment key's object and index.
-fn split_segment(key: &CacheKey) -> Option<(CacheKey, u64)> {
-    let (object, index) = key.as_str().rsplit_once("#seg=")?;
-    Some((CacheKey::from_normalized(object), index.parse().ok()?))
 }
 
 fn split(d: Result<Stored, NotStored>) -> (Option<Stored>, Option<NotStored>) {

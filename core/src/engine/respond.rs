@@ -155,7 +155,7 @@ fn multipart(
 impl Engine {
     /// Answers a client from a stored entry (whole object or one segment of it).
     pub(super) fn answer_from_entry(&mut self, cid: ClientId, id: EntryId, status: CacheStatus) {
-        let Some(client) = self.clients.remove(&cid) else {
+        let Some(client) = self.take_client(cid) else {
             return;
         };
         if let Some(fid) = client.fetch {
@@ -176,7 +176,7 @@ impl Engine {
                 let index = self
                     .store
                     .slot(id)
-                    .and_then(|s| s.key.as_str().rsplit_once("#seg=")?.1.parse::<u64>().ok())
+                    .and_then(|s| Some(s.key.as_segment()?.index))
                     .unwrap_or(0);
                 (t, index.saturating_mul(size))
             }
@@ -226,6 +226,8 @@ impl Engine {
         set_status_headers(&mut head, &status, Some(age));
         self.outputs.push_back(Output::Respond {
             client: cid,
+            outcome: status.outcome(head.status),
+            collapsed: status.collapsed,
             head,
             body,
         });
@@ -298,6 +300,8 @@ impl Engine {
         let streaming = body == ResponseBody::Stream;
         self.outputs.push_back(Output::Respond {
             client: cid,
+            outcome: status.outcome(out.status),
+            collapsed: status.collapsed,
             head: out,
             body,
         });
@@ -307,7 +311,7 @@ impl Engine {
         }
         let c = self.clients.get_mut(&cid).expect("checked");
         c.streaming = true;
-        c.deadline = None;
+        self.deadlines.clear(cid);
         c.window = window;
         let mut offset = base;
         for chunk in chunks {
@@ -349,7 +353,7 @@ impl Engine {
 
     /// The client's response is complete: forget it (its fetch may go on for the cache).
     fn detach(&mut self, cid: ClientId) {
-        if let Some(c) = self.clients.remove(&cid) {
+        if let Some(c) = self.take_client(cid) {
             if let Some(fid) = c.fetch {
                 if let Some(f) = self.fetches.get_mut(&fid) {
                     f.clients.retain(|x| *x != cid);
@@ -361,7 +365,7 @@ impl Engine {
 
     /// 416 for a client whose range starts past the end of the representation.
     pub(super) fn respond_unsatisfiable(&mut self, cid: ClientId, total: Option<u64>) {
-        let Some(c) = self.clients.remove(&cid) else {
+        let Some(c) = self.take_client(cid) else {
             return;
         };
         let mut head = unsatisfiable(total);
@@ -371,6 +375,8 @@ impl Engine {
         set_status_headers(&mut head, &status, None);
         self.outputs.push_back(Output::Respond {
             client: cid,
+            outcome: status.outcome(head.status),
+            collapsed: status.collapsed,
             head,
             body: ResponseBody::Empty,
         });
@@ -384,7 +390,7 @@ impl Engine {
         status: CacheStatus,
         reason: String,
     ) {
-        if let Some(c) = self.clients.remove(&cid) {
+        if let Some(c) = self.take_client(cid) {
             if let Some(fid) = c.fetch {
                 if let Some(f) = self.fetches.get_mut(&fid) {
                     f.clients.retain(|x| *x != cid);
@@ -394,6 +400,8 @@ impl Engine {
         let (head, body) = error_response(code, &status, &reason);
         self.outputs.push_back(Output::Respond {
             client: cid,
+            outcome: status.outcome(code),
+            collapsed: status.collapsed,
             head,
             body: ResponseBody::Full(body),
         });

@@ -225,6 +225,15 @@ pub const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// Fields a 304 never changes in the stored response (RFC 9111 §3.2): they frame or encode
+/// the stored body, which the 304 does not carry.
+const NOT_UPDATED_BY_304: [HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_RANGE,
+];
+
 /// Removes hop-by-hop fields, including those the Connection header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<String> = h
@@ -477,9 +486,16 @@ impl Policy {
     }
 
     /// Merges a validation response into a stored entry (RFC 9111 §4.3.4).
+    ///
+    /// `stored_head` is the stored response's head. The crate selects (does the 304 match
+    /// this entry?); the merge is done here, as RFC 9111 §3.2 says: every field of the 304
+    /// is added, replacing all values already present (the crate keeps only fields the
+    /// stored response had, and one value of each), except the framing fields. The policy
+    /// is then judged again on the merged head, so a lifetime the 304 adds is used.
     pub fn revalidated(
         &self,
         stored: &Stored,
+        stored_head: &response::Parts,
         sent: &request::Parts,
         res: &response::Parts,
         now: SystemTime,
@@ -503,6 +519,14 @@ impl Policy {
         }
         match stored.policy.after_response(sent, &res, now) {
             AfterResponse::NotModified(policy, mut head) => {
+                if let Some((stored, head)) = self.merge_304(stored_head, &res, sent, now) {
+                    return Revalidated::NotModified {
+                        stored: Box::new(stored),
+                        head,
+                    };
+                }
+                // The merged head is not storable (the 304 added `no-store`, `private` ...):
+                // the crate's narrower merge, which keeps the stored response's fields only.
                 strip_hop_by_hop(&mut head.headers);
                 // The crate rewrites Date and Age for a response it would send; we keep the
                 // stored copy's fields and compute Age when serving.
@@ -537,6 +561,32 @@ impl Policy {
             }
             AfterResponse::Modified(..) => Revalidated::Modified,
         }
+    }
+
+    /// The stored head updated by a matching 304 (RFC 9111 §3.2), and the entry judged anew
+    /// on it; `None` when the merged response is not storable.
+    fn merge_304(
+        &self,
+        stored_head: &response::Parts,
+        res: &response::Parts,
+        sent: &request::Parts,
+        now: SystemTime,
+    ) -> Option<(Stored, response::Parts)> {
+        let mut head = crate::heads::clone_response(stored_head);
+        // The stored Age described the stored message; the 304's (if any) describes this one.
+        head.headers.remove(header::AGE);
+        let mut names: Vec<&HeaderName> = res.headers.keys().collect();
+        names.retain(|n| !NOT_UPDATED_BY_304.contains(n));
+        for name in names {
+            head.headers.remove(name);
+            for v in res.headers.get_all(name) {
+                head.headers.append(name.clone(), v.clone());
+            }
+        }
+        strip_hop_by_hop(&mut head.headers);
+        let stored = self.storable(&fill_request(sent), &head, now).ok()?;
+        head.headers.remove(header::AGE);
+        Some((stored, head))
     }
 
     /// The request as the crate should judge it: method GET (HEAD is answered from a stored

@@ -408,24 +408,51 @@ fn revalidation_uses_stored_validators_only() {
 #[test]
 fn s4_3_4_not_modified_freshens() {
     let p = shared();
-    let s = store(
-        &p,
-        &[],
-        &[
-            ("cache-control", "max-age=10"),
-            ("etag", "\"v1\""),
-            ("x-old", "1"),
-        ],
-    );
+    let fields = [
+        ("cache-control", "max-age=10"),
+        ("etag", "\"v1\""),
+        ("x-old", "1"),
+        ("link", "<a>"),
+        ("link", "<b>"),
+        ("x-multi", "old"),
+        ("content-length", "4"),
+        ("age", "3"),
+    ];
+    let s = store(&p, &[], &fields);
+    let stored_head = res(200, &fields);
     let Reuse::Stale { revalidate, .. } = p.reuse(&s, &req("GET", &[]), secs(20)) else {
         panic!()
     };
-    let mut r304 = res(304, &[("cache-control", "max-age=100"), ("etag", "\"v1\"")]);
+    let mut r304 = res(
+        304,
+        &[
+            ("cache-control", "max-age=100"),
+            ("etag", "\"v1\""),
+            ("x-new", "added"),
+            ("x-multi", "n1"),
+            ("x-multi", "n2"),
+            ("content-length", "0"),
+        ],
+    );
     r304.headers.insert("date", date(secs(20)).parse().unwrap());
-    match p.revalidated(&s, &revalidate, &r304, secs(20)) {
+    match p.revalidated(&s, &stored_head, &revalidate, &r304, secs(20)) {
         Revalidated::NotModified { stored, head } => {
             assert_eq!(head.status, 200);
             assert_eq!(head.headers.get("x-old").unwrap(), "1");
+            // RFC 9111 §3.2: new fields are added, every value of a field is replaced, the
+            // stored body's framing stays, and the stored Age is not carried over.
+            assert_eq!(head.headers.get("x-new").unwrap(), "added");
+            let all = |n: &str| -> Vec<&str> {
+                head.headers
+                    .get_all(n)
+                    .iter()
+                    .map(|v| v.to_str().unwrap())
+                    .collect()
+            };
+            assert_eq!(all("x-multi"), ["n1", "n2"]);
+            assert_eq!(all("link"), ["<a>", "<b>"]);
+            assert_eq!(all("content-length"), ["4"]);
+            assert!(head.headers.get("age").is_none());
             assert_eq!(stored.ttl(secs(20)), Duration::from_secs(100));
             assert!(matches!(
                 p.reuse(&stored, &req("GET", &[]), secs(50)),
@@ -436,8 +463,41 @@ fn s4_3_4_not_modified_freshens() {
     }
     let other = res(304, &[("etag", "\"v2\"")]);
     assert!(matches!(
-        p.revalidated(&s, &revalidate, &other, secs(20)),
+        p.revalidated(&s, &stored_head, &revalidate, &other, secs(20)),
         Revalidated::Modified
+    ));
+}
+
+// RFC 9111 §3.2 and §4.3.4: a lifetime the 304 adds is used (the crate's merge dropped
+// fields the stored response did not have, Cache-Control among them).
+#[test]
+fn s4_3_4_a_304_can_add_the_lifetime() {
+    let p = shared();
+    let fields = [
+        ("etag", "\"v1\""),
+        ("last-modified", &date(secs(0)) as &str),
+    ];
+    let s = store(&p, &[], &fields);
+    let stored_head = res(200, &fields);
+    let Reuse::Stale { revalidate, .. } = p.reuse(&s, &req("GET", &[]), secs(20)) else {
+        panic!("no lifetime: stale at once")
+    };
+    let mut r304 = res(304, &[("cache-control", "max-age=600"), ("etag", "\"v1\"")]);
+    r304.headers.insert("date", date(secs(20)).parse().unwrap());
+    let Revalidated::NotModified { stored, head } =
+        p.revalidated(&s, &stored_head, &revalidate, &r304, secs(20))
+    else {
+        panic!("304 should match")
+    };
+    assert_eq!(head.headers["cache-control"], "max-age=600");
+    assert_eq!(stored.ttl(secs(20)), Duration::from_secs(600));
+    // A 304 that adds no-store cannot make the merged response storable: the narrower
+    // merge keeps the entry as it was, refreshed.
+    let mut r304 = res(304, &[("cache-control", "no-store"), ("etag", "\"v1\"")]);
+    r304.headers.insert("date", date(secs(20)).parse().unwrap());
+    assert!(matches!(
+        p.revalidated(&s, &stored_head, &revalidate, &r304, secs(20)),
+        Revalidated::NotModified { .. }
     ));
 }
 

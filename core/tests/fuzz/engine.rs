@@ -406,7 +406,27 @@ impl Driver {
             self.log
                 .push(format!("  -> {out:?}").chars().take(300).collect());
             match out {
-                Output::Respond { client, head, body } => {
+                Output::Respond {
+                    client,
+                    head,
+                    body,
+                    outcome,
+                    collapsed,
+                } => {
+                    // The typed outcome is the header's, read back by the one parser.
+                    let cs = head
+                        .headers
+                        .get("cache-status")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    if larder_core::Outcome::from_cache_status(cs, head.status) != outcome
+                        || cs.contains("; collapsed") != collapsed
+                    {
+                        return Err(fail(format!(
+                            "{outcome:?} (collapsed: {collapsed}) for {} {cs:?}",
+                            head.status
+                        )));
+                    }
                     let c = self
                         .clients
                         .get_mut(&client)
@@ -610,6 +630,21 @@ impl Driver {
                             f.declared
                         )));
                     }
+                }
+                Output::UpdateMeta {
+                    entry: id,
+                    tier,
+                    meta,
+                    ..
+                } => {
+                    let Some(rec) = self.records.get(&id).filter(|_| tier == Tier::Disk) else {
+                        return Err(fail(format!("UpdateMeta of {id:?} in {tier:?}, not held")));
+                    };
+                    let new = entry::replace_meta(rec, &meta)
+                        .map_err(|e| fail(format!("UpdateMeta of {id:?}: {e}")))?;
+                    entry::Meta::decode(&meta)
+                        .map_err(|e| fail(format!("UpdateMeta of {id:?} undecodable: {e}")))?;
+                    self.records.insert(id, new);
                 }
                 Output::Delete {
                     entry: id, tier, ..

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, request, response};
+use larder_core::cache_status::{CACHE_NAME, Fwd};
 use larder_core::engine::UpstreamError;
 use larder_core::heads::clone_request;
 use larder_core::storage::entry;
@@ -32,7 +33,7 @@ pub enum Failure {
     BeforeHead,
     /// Head and half the body, then the connection dies.
     CutBody,
-    /// Never answers (the test fires timeouts).
+    /// Never answers (the test drives timeouts: [`Sim::drive`]).
     Hang,
 }
 
@@ -91,6 +92,15 @@ impl ClientResult {
     pub fn cache_status(&self) -> String {
         self.header("cache-status").unwrap_or_default()
     }
+    /// The response's `Cache-Status`, parsed (panics when there is none: a pass has its
+    /// status in `pass_status`, see [`assert_passed`]).
+    #[track_caller]
+    pub fn status_parts(&self) -> StatusParts {
+        let v = self
+            .header("cache-status")
+            .unwrap_or_else(|| panic!("no Cache-Status (passed: {}): {self:?}", self.passed));
+        parse_cache_status(&v)
+    }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -111,6 +121,8 @@ pub struct Sim {
     pub results: HashMap<ClientId, ClientResult>,
     pub stored: Vec<(usize, String, u64)>,
     pub evicted: Vec<(usize, String, u64)>,
+    /// `UpdateMeta` outputs applied to the disk tiers.
+    pub meta_updates: usize,
     pub cancelled: Vec<(usize, FetchId)>,
     next_client: u64,
     fetch_order: Vec<(usize, FetchId)>,
@@ -163,6 +175,7 @@ impl Sim {
             results: HashMap::new(),
             stored: Vec::new(),
             evicted: Vec::new(),
+            meta_updates: 0,
             cancelled: Vec::new(),
             next_client: 0,
             fetch_order: Vec::new(),
@@ -262,7 +275,9 @@ impl Sim {
     fn drain(&mut self, at: usize) {
         while let Some(out) = self.engines[at].poll_output() {
             match out {
-                Output::Respond { client, head, body } => {
+                Output::Respond {
+                    client, head, body, ..
+                } => {
                     let r = self.results.get_mut(&client).expect("known client");
                     assert!(r.head.is_none(), "two heads for {client:?}");
                     r.head = Some(head);
@@ -377,6 +392,20 @@ impl Sim {
                         self.stored.push((at, key.to_string(), bytes));
                     }
                 }
+                Output::UpdateMeta {
+                    entry: id,
+                    tier,
+                    meta,
+                    ..
+                } => {
+                    assert_eq!(tier, Tier::Disk, "only the disk tier keeps metadata");
+                    let rec = self.disk[at]
+                        .get(&id)
+                        .expect("UpdateMeta of a record not held");
+                    let new = entry::replace_meta(rec, &meta).expect("a sound record");
+                    self.disk[at].insert(id, new);
+                    self.meta_updates += 1;
+                }
                 Output::Delete {
                     entry: id,
                     tier,
@@ -487,6 +516,8 @@ impl Sim {
         self.hanging.len()
     }
 
+    /// Delivers `Input::Timeout` to every engine whose deadline is due at the current
+    /// virtual time (the clock does not move; see [`Sim::drive`] for that).
     pub fn fire_timeouts(&mut self) {
         for i in 0..self.engines.len() {
             if let Some(t) = self.engines[i].poll_timeout() {
@@ -496,6 +527,248 @@ impl Sim {
             }
         }
     }
+
+    /// The earliest deadline any engine asked for (`poll_timeout`), if any.
+    pub fn next_deadline(&self) -> Option<SystemTime> {
+        self.engines.iter().filter_map(Engine::poll_timeout).min()
+    }
+
+    /// Runs the system until nothing is left to do, letting virtual time pass as needed:
+    /// the origin answers everything pending ([`Sim::run`]); then, while an engine has a
+    /// deadline, the clock moves to the earliest one (never backwards) and every engine due
+    /// gets `Input::Timeout`; and again. Returns when no engine has a deadline and no fetch
+    /// is pending (hanging fetches stay hanging: the origin never answers them). Panics
+    /// after [`DRIVE_STEPS_MAX`] rounds, which means a deadline that a timeout does not
+    /// clear (the engine would spin an adapter's timer loop the same way).
+    pub fn drive(&mut self) {
+        for _ in 0..DRIVE_STEPS_MAX {
+            self.run();
+            let Some(deadline) = self.next_deadline() else {
+                return;
+            };
+            self.now = self.now.max(deadline);
+            self.fire_timeouts();
+        }
+        let since = |t: SystemTime| t.duration_since(t0()).unwrap_or_default();
+        panic!(
+            "Sim::drive: still busy after {DRIVE_STEPS_MAX} rounds at t0+{:?}: next deadline \
+             t0+{:?}, {} fetch(es) pending; a deadline Input::Timeout does not clear?",
+            since(self.now),
+            self.next_deadline().map(since),
+            self.pending.len(),
+        );
+    }
+}
+
+/// Rounds [`Sim::drive`] allows before it calls the system stuck.
+pub const DRIVE_STEPS_MAX: usize = 10_000;
+
+/// One `Cache-Status` list member (RFC 9211), parsed: `larder; hit; ttl=5`,
+/// `larder; fwd=uri-miss; stored`. Tests assert on these fields, not on substrings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusParts {
+    /// The cache's name (the member's bare item): always `larder` here.
+    pub cache: String,
+    pub hit: bool,
+    pub fwd: Option<Fwd>,
+    pub fwd_status: Option<u16>,
+    pub stored: bool,
+    pub collapsed: bool,
+    /// Remaining freshness in seconds; negative when served stale.
+    pub ttl: Option<i64>,
+    pub detail: Option<String>,
+}
+
+impl StatusParts {
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+    /// Served from cache while fresh: `hit`, no `fwd`, `ttl` ≥ 0.
+    pub fn is_hit(&self) -> bool {
+        self.hit && self.fwd.is_none() && self.ttl.is_some_and(|t| t >= 0)
+    }
+    /// Served from cache while stale (`hit` with `ttl` < 0): by stale-while-revalidate, or
+    /// by stale-if-error (which also says `fwd=stale`).
+    pub fn is_stale(&self) -> bool {
+        self.hit && self.ttl.is_some_and(|t| t < 0) && matches!(self.fwd, None | Some(Fwd::Stale))
+    }
+    /// Went forward for `why`, and was not a hit.
+    pub fn is_fwd(&self, why: Fwd) -> bool {
+        !self.hit && self.fwd == Some(why)
+    }
+    /// Went forward because nothing was stored for the URI.
+    pub fn is_miss(&self) -> bool {
+        self.is_fwd(Fwd::UriMiss)
+    }
+    /// A stored response validated with the origin, which answered 304.
+    pub fn is_revalidated(&self) -> bool {
+        !self.hit
+            && matches!(self.fwd, Some(Fwd::Stale | Fwd::Request))
+            && self.fwd_status == Some(304)
+    }
+}
+
+/// Every `fwd` value the header may carry, to map tokens back to [`Fwd`].
+const FWDS: [Fwd; 7] = [
+    Fwd::Bypass,
+    Fwd::Method,
+    Fwd::UriMiss,
+    Fwd::VaryMiss,
+    Fwd::Stale,
+    Fwd::Request,
+    Fwd::Miss,
+];
+
+/// Splits `s` on `sep` outside double-quoted strings (RFC 8941 sf-string, `\` escapes).
+fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                parts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    assert!(!quoted, "unterminated string in {s:?}");
+    parts.push(&s[start..]);
+    parts
+}
+
+/// Parses a `Cache-Status` field value and returns its last member (RFC 9211: the cache
+/// closest to the user). Panics on anything malformed or unknown, so a format change in
+/// the engine shows up here rather than as a silently passing substring check.
+pub fn parse_cache_status(value: &str) -> StatusParts {
+    let member = split_unquoted(value, ',')
+        .pop()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| panic!("empty Cache-Status {value:?}"));
+    let mut items = split_unquoted(member, ';').into_iter().map(str::trim);
+    let mut p = StatusParts {
+        cache: items.next().unwrap_or_default().to_owned(),
+        ..Default::default()
+    };
+    assert_eq!(p.cache, CACHE_NAME, "Cache-Status member {member:?}");
+    for item in items {
+        let known = match item.split_once('=').map(|(n, v)| (n.trim(), v.trim())) {
+            None => {
+                let flag = match item {
+                    "hit" => Some(&mut p.hit),
+                    "stored" => Some(&mut p.stored),
+                    "collapsed" => Some(&mut p.collapsed),
+                    _ => None,
+                };
+                // Known, and not said twice.
+                flag.is_some_and(|f| !std::mem::replace(f, true))
+            }
+            Some(("fwd", v)) if p.fwd.is_none() => {
+                p.fwd = FWDS.into_iter().find(|f| f.as_str() == v);
+                p.fwd.is_some()
+            }
+            Some(("fwd-status", v)) if p.fwd_status.is_none() => {
+                p.fwd_status = v.parse().ok();
+                p.fwd_status.is_some()
+            }
+            Some(("ttl", v)) if p.ttl.is_none() => {
+                p.ttl = v.parse().ok();
+                p.ttl.is_some()
+            }
+            Some(("detail", v)) if p.detail.is_none() && !v.is_empty() => {
+                p.detail = Some(match v.strip_prefix('"') {
+                    Some(q) => unescape(q.strip_suffix('"').expect("a closed string")),
+                    None => v.to_owned(),
+                });
+                true
+            }
+            _ => false,
+        };
+        assert!(known, "bad Cache-Status parameter {item:?} in {value:?}");
+    }
+    p
+}
+
+/// The inside of an sf-string: a backslash escapes the character after it.
+fn unescape(q: &str) -> String {
+    let mut out = String::with_capacity(q.len());
+    let mut chars = q.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' {
+            chars.next().unwrap_or(c)
+        } else {
+            c
+        });
+    }
+    out
+}
+
+/// The response was served from cache while fresh ([`StatusParts::is_hit`]).
+#[track_caller]
+pub fn assert_hit(r: &ClientResult) -> StatusParts {
+    let p = r.status_parts();
+    assert!(
+        p.is_hit(),
+        "expected a fresh hit, got {:?}",
+        r.cache_status()
+    );
+    p
+}
+
+/// The response was served from cache while stale ([`StatusParts::is_stale`]).
+#[track_caller]
+pub fn assert_stale(r: &ClientResult) -> StatusParts {
+    let p = r.status_parts();
+    assert!(
+        p.is_stale(),
+        "expected a stale hit, got {:?}",
+        r.cache_status()
+    );
+    p
+}
+
+/// The response went to the origin because nothing was stored for the URI
+/// (`fwd=uri-miss`, no `hit`).
+#[track_caller]
+pub fn assert_miss(r: &ClientResult) -> StatusParts {
+    assert_fwd(r, Fwd::UriMiss)
+}
+
+/// The response went forward for `why`, and was not a hit.
+#[track_caller]
+pub fn assert_fwd(r: &ClientResult, why: Fwd) -> StatusParts {
+    let p = r.status_parts();
+    assert!(
+        p.is_fwd(why),
+        "expected fwd={}, got {:?}",
+        why.as_str(),
+        r.cache_status()
+    );
+    p
+}
+
+/// A stored response was validated with the origin, which answered 304: not a hit,
+/// `fwd=stale` (or `request`), `fwd-status=304`.
+#[track_caller]
+pub fn assert_revalidated(r: &ClientResult) -> StatusParts {
+    let p = r.status_parts();
+    assert!(
+        p.is_revalidated(),
+        "expected a 304 revalidation, got {:?}",
+        r.cache_status()
+    );
+    p
+}
+
+/// The request was passed to the origin untouched (`Output::Pass`); returns the status
+/// the pass carried.
+#[track_caller]
+pub fn assert_passed(r: &ClientResult) -> StatusParts {
+    assert!(r.passed, "expected a pass, got {:?}", r.cache_status());
+    parse_cache_status(&r.pass_status)
 }
 
 /// The origin's response: honours Range (206) when asked and allowed.

@@ -159,10 +159,12 @@ pub fn serve_connection(
     while let Some(o) = queue.pop_front() {
         match o {
             Output::Fetch { fetch: id, request } => queue.extend(fetch(engine, id, &request)),
+            // `outcome` (hit, miss, error ...) is what a runtime counts in its metrics.
             Output::Respond {
                 client: c,
                 head,
                 body,
+                ..
             } if c == client => {
                 let mut text = format!("HTTP/1.1 {}\r\nconnection: close\r\n", head.status);
                 for (k, v) in &head.headers {

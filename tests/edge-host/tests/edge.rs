@@ -1097,13 +1097,9 @@ async fn hop_traffic_needs_a_valid_signature() {
 }
 
 /// A 304 to a revalidation freshens the stored entry: the next request within the new
-/// lifetime is a hit, without asking the origin again.
-///
-/// Ignored until the engine carries a 304's refreshed metadata to the disk tier: today it
-/// updates only its in-memory index (no output), so the key-value record keeps the old
-/// response time and every later request at the edge revalidates again.
+/// lifetime is a hit, without asking the origin again. Each edge request is a new engine,
+/// so this holds only because the refresh reaches key-value (`Output::UpdateMeta`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "core: a 304 refreshes the engine's index but emits no write for the disk tier"]
 async fn revalidation_304_freshens_the_entry() {
     const T0: u64 = 1_700_000_000;
     let origin = Origin::start(|seen, n| {

@@ -1,0 +1,217 @@
+//! Freshness and revalidation: 304s, stale-if-error, stale-while-revalidate, min_ttl,
+//! only-if-cached.
+
+use crate::sim::{Failure, Reply, Sim, assert_hit, assert_revalidated, assert_stale, t0};
+use crate::{URL, fresh};
+use larder_core::Config;
+use larder_core::cache_status::Fwd;
+use larder_core::policy::PolicyConfig;
+use std::time::Duration;
+
+#[test]
+fn revalidation_304_freshens_the_entry() {
+    let mut s = Sim::single(|req, n| {
+        if n >= 1 {
+            assert_eq!(req.headers.get("if-none-match").unwrap(), "\"v1\"");
+            Reply::ok("", &[("cache-control", "max-age=100"), ("etag", "\"v1\"")]).status(304)
+        } else {
+            Reply::ok(
+                "body",
+                &[
+                    ("cache-control", "max-age=10"),
+                    ("etag", "\"v1\""),
+                    ("x-gen", "1"),
+                ],
+            )
+        }
+    });
+    s.get(URL, &[]);
+    s.advance(20);
+    let r = s.get(URL, &[]);
+    assert_eq!((r.status(), r.text().as_str()), (200, "body"));
+    assert_eq!(assert_revalidated(r).fwd, Some(Fwd::Stale));
+    assert_eq!(r.header("x-gen").as_deref(), Some("1"));
+    s.advance(50);
+    // Freshened for 100 s.
+    assert_hit(s.get(URL, &[]));
+    assert_eq!(s.origin_hits(), 2);
+}
+
+#[test]
+fn stale_if_error_serves_stale_when_origin_fails() {
+    let mut s = Sim::single(|_, n| {
+        if n >= 1 {
+            Reply::ok("", &[]).failing(Failure::BeforeHead)
+        } else {
+            Reply::ok(
+                "keep me",
+                &[
+                    ("cache-control", "max-age=10, stale-if-error=300"),
+                    ("etag", "\"a\""),
+                ],
+            )
+        }
+    });
+    s.get(URL, &[]);
+    s.advance(60);
+    let r = s.get(URL, &[]);
+    assert_eq!((r.status(), r.text().as_str()), (200, "keep me"));
+    let p = assert_stale(r);
+    assert_eq!(
+        (p.fwd, p.detail()),
+        (Some(Fwd::Stale), Some("stale-if-error"))
+    );
+    // Beyond the window the error shows.
+    s.advance(400);
+    let r = s.get(URL, &[]);
+    assert_eq!(r.status(), 502);
+    let p = r.status_parts();
+    assert_eq!(
+        (p.hit, p.fwd, p.detail()),
+        (false, Some(Fwd::Stale), Some("origin-unreachable")),
+        "{}",
+        r.cache_status()
+    );
+}
+
+#[test]
+fn stale_if_error_on_5xx() {
+    let mut s = Sim::single(|_, n| {
+        if n >= 1 {
+            Reply::ok("oops", &[]).status(503)
+        } else {
+            Reply::ok(
+                "old",
+                &[
+                    ("cache-control", "max-age=1, stale-if-error=60"),
+                    ("etag", "\"a\""),
+                ],
+            )
+        }
+    });
+    s.get(URL, &[]);
+    s.advance(5);
+    let r = s.get(URL, &[]);
+    assert_eq!((r.status(), r.text().as_str()), (200, "old"));
+    let p = assert_stale(r);
+    assert_eq!(
+        (p.fwd, p.fwd_status, p.detail()),
+        (Some(Fwd::Stale), Some(503), Some("stale-if-error"))
+    );
+}
+
+#[test]
+fn stale_while_revalidate_answers_at_once_and_refreshes_behind() {
+    let mut s = Sim::single(|_, n| {
+        let body = if n >= 1 { "new" } else { "old" };
+        Reply::ok(
+            body,
+            &[
+                ("cache-control", "max-age=10, stale-while-revalidate=60"),
+                ("etag", &format!("\"{n}\"")),
+            ],
+        )
+    });
+    s.get(URL, &[]);
+    s.advance(20);
+    let id = s.send(0, "GET", URL, &[]);
+    assert_eq!(s.results[&id].text(), "old", "answered before the origin");
+    let p = assert_stale(&s.results[&id]);
+    assert_eq!(
+        (p.fwd, p.detail(), p.ttl),
+        (None, Some("stale-while-revalidate"), Some(-10))
+    );
+    s.run();
+    assert_eq!(s.origin_hits(), 2);
+    let r = s.get(URL, &[]);
+    assert_eq!(r.text(), "new");
+    assert_hit(r);
+}
+
+#[test]
+fn min_ttl_is_respected() {
+    let cfg = Config {
+        policy: PolicyConfig {
+            min_ttl: Duration::from_secs(60),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut s = Sim::new(1, cfg, |_, n| {
+        Reply::ok(
+            "x",
+            &[(
+                "cache-control",
+                if n == 0 { "max-age=30" } else { "max-age=90" },
+            )],
+        )
+    });
+    let r = s.get(URL, &[]);
+    let p = r.status_parts();
+    assert!(
+        p.is_miss() && !p.stored && p.detail() == Some("below-min-ttl"),
+        "{}",
+        r.cache_status()
+    );
+    // Past hit-for-miss (120 s): it lapses by the clock, not by a timer.
+    s.advance(200);
+    assert_eq!(s.next_deadline(), None);
+    s.get(URL, &[]);
+    assert_hit(s.get(URL, &[]));
+}
+
+#[test]
+fn only_if_cached_gives_504_on_miss() {
+    let mut s = Sim::single(|_, _| fresh("x"));
+    let r = s.get(URL, &[("cache-control", "only-if-cached")]);
+    assert_eq!(r.status(), 504);
+    let p = r.status_parts();
+    assert!(
+        p.is_miss() && p.detail() == Some("only-if-cached"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(s.origin_hits(), 0);
+}
+
+#[test]
+fn bare_304_without_validators_still_freshens() {
+    // Python's http.server answers If-Modified-Since with a 304 that carries no validator.
+    let lm = httpdate::fmt_http_date(t0() - Duration::from_secs(100));
+    let mut s = Sim::single(move |_, n| {
+        if n == 0 {
+            Reply::ok(
+                "body",
+                &[("last-modified", &lm), ("cache-control", "max-age=5")],
+            )
+        } else {
+            Reply::ok("", &[]).status(304)
+        }
+    });
+    s.get(URL, &[]);
+    s.advance(10);
+    let r = s.get(URL, &[]);
+    assert_eq!((r.status(), r.text().as_str()), (200, "body"));
+    assert_revalidated(r);
+    assert_eq!(s.origin_hits(), 2, "one revalidation, no loop");
+}
+
+#[test]
+fn unmatched_304_is_retried_unconditionally_once() {
+    let mut s = Sim::single(|req, n| match n {
+        0 => Reply::ok("v1", &[("etag", "\"1\""), ("cache-control", "max-age=5")]),
+        1 => Reply::ok("", &[("etag", "\"other\"")]).status(304),
+        _ => {
+            assert!(
+                req.headers.get("if-none-match").is_none(),
+                "retry is unconditional"
+            );
+            Reply::ok("v2", &[("etag", "\"2\""), ("cache-control", "max-age=5")])
+        }
+    });
+    s.get(URL, &[]);
+    s.advance(10);
+    let r = s.get(URL, &[]);
+    assert_eq!((r.status(), r.text().as_str()), (200, "v2"));
+    assert_eq!(s.origin_hits(), 3);
+}

@@ -1,0 +1,154 @@
+//! What gets stored: private responses, no-store and Set-Cookie (hit-for-miss),
+//! oversize objects, passthrough patterns, truncated bodies, and LRU eviction.
+
+use crate::sim::{Failure, Reply, Sim, assert_hit, assert_miss, assert_passed};
+use crate::{URL, fresh};
+use larder_core::Config;
+use larder_core::cache_status::Fwd;
+use larder_core::policy::{CacheMode, PolicyConfig};
+
+#[test]
+fn private_responses_shared_vs_private_mode() {
+    let private = || Reply::ok("mine", &[("cache-control", "private, max-age=60")]);
+    let mut shared = Sim::single(move |_, _| private());
+    let r = shared.get(URL, &[]);
+    let p = assert_miss(r);
+    assert_eq!((p.stored, p.detail()), (false, Some("private")));
+    // Not a hit: the key is remembered as uncacheable and passes straight through.
+    let r = shared.get(URL, &[]);
+    let p = assert_passed(r);
+    assert!(!p.hit, "{}", r.pass_status);
+    assert_eq!(
+        (p.fwd, p.detail()),
+        (Some(Fwd::Bypass), Some("hit-for-miss"))
+    );
+    assert_eq!(shared.origin_hits(), 2);
+    let cfg = Config {
+        policy: PolicyConfig {
+            mode: CacheMode::Private,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut priv_mode = Sim::new(1, cfg, move |_, _| private());
+    priv_mode.get(URL, &[]);
+    assert_hit(priv_mode.get(URL, &[]));
+    assert_eq!(priv_mode.origin_hits(), 1);
+}
+
+#[test]
+fn no_store_and_set_cookie_release_followers_and_mark_hit_for_miss() {
+    let mut s = Sim::single(|_, n| {
+        Reply::ok(
+            &format!("user {n}"),
+            &[("cache-control", "max-age=60"), ("set-cookie", "s=1")],
+        )
+    });
+    let a = s.send(0, "GET", URL, &[]);
+    let b = s.send(0, "GET", URL, &[]);
+    s.run();
+    assert_ne!(
+        s.results[&a].text(),
+        s.results[&b].text(),
+        "nobody gets another's Set-Cookie response"
+    );
+    assert_eq!(s.origin_hits(), 2);
+    let r = s.get(URL, &[]);
+    // A hit-for-miss key passes straight through.
+    let p = assert_passed(r);
+    assert_eq!(
+        (p.fwd, p.detail()),
+        (Some(Fwd::Bypass), Some("hit-for-miss")),
+        "{}",
+        r.pass_status
+    );
+}
+
+#[test]
+fn hit_for_miss_memory_is_bounded() {
+    let mut s = Sim::single(|_, _| Reply::ok("x", &[("cache-control", "no-store")]));
+    s.chunk = 1 << 20;
+    for i in 0..(larder_core::engine::HIT_FOR_MISS_MAX + 500) {
+        s.get(&format!("http://origin.test/api?id={i}"), &[]);
+    }
+    assert!(s.engines[0].remembered_keys() <= larder_core::engine::HIT_FOR_MISS_MAX);
+    assert_eq!(
+        s.engines[0].in_flight(),
+        (0, 0),
+        "nothing else is left behind"
+    );
+}
+
+#[test]
+fn oversize_objects_stream_through_unstored() {
+    let cfg = Config {
+        policy: PolicyConfig {
+            max_object_size: 10,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut s = Sim::new(1, cfg, |_, _| fresh("more than ten bytes"));
+    let r = s.get(URL, &[]);
+    assert_eq!(r.text(), "more than ten bytes");
+    let p = assert_miss(r);
+    assert_eq!((p.stored, p.detail()), (false, Some("too-large")));
+    assert!(s.stored.is_empty());
+}
+
+#[test]
+fn passthrough_patterns_bypass_the_cache() {
+    let cfg = Config {
+        passthrough: vec!["^/api/".into()],
+        ..Default::default()
+    };
+    let mut s = Sim::new(1, cfg, |_, _| fresh("x"));
+    let r = s.get("http://origin.test/api/x", &[]);
+    let p = assert_passed(r);
+    assert_eq!(
+        (p.fwd, p.detail()),
+        (Some(Fwd::Bypass), Some("passthrough")),
+        "{}",
+        r.pass_status
+    );
+    assert!(assert_miss(s.get("http://origin.test/static/x", &[])).stored);
+    let bad = larder_core::Engine::new(Config {
+        passthrough: vec!["(".into()],
+        ..Default::default()
+    });
+    assert!(bad.err().unwrap().0.contains("passthrough"));
+}
+
+#[test]
+fn truncated_body_aborts_and_is_never_stored() {
+    let mut s = Sim::single(|_, n| {
+        if n == 0 {
+            fresh("a body that will be cut").failing(Failure::CutBody)
+        } else {
+            fresh("whole")
+        }
+    });
+    let r = s.get(URL, &[]);
+    assert!(r.aborted && !r.ended, "client sees an aborted response");
+    assert!(s.stored.is_empty());
+    let r = s.get(URL, &[]);
+    assert_eq!(r.text(), "whole");
+    assert_miss(r);
+}
+
+#[test]
+fn lru_evictions_are_outputs() {
+    // Entries weigh what they cost on the heap (about 3.6 KB each here, body included).
+    let cfg = Config {
+        memory: 12 * 1024,
+        ..Default::default()
+    };
+    let mut s = Sim::new(1, cfg, |_, _| fresh(&"x".repeat(600)));
+    for i in 0..6 {
+        s.get(&format!("http://origin.test/{i}"), &[]);
+    }
+    assert!(!s.evicted.is_empty());
+    assert!(s.engines[0].stored_bytes() <= 12 * 1024);
+    assert_eq!(s.evicted[0].1, "http://origin.test/0");
+    assert_miss(s.get("http://origin.test/0", &[]));
+}
