@@ -108,25 +108,49 @@ impl std::error::Error for ConfigError {}
 struct Client {
     req: request::Parts,
     key: CacheKey,
-    fetch: Option<FetchId>,
-    streaming: bool,
-    /// Absolute byte window still to deliver when streaming a range.
-    window: Option<range::ByteRange>,
+    phase: Phase,
     collapsed: bool,
     fwd: Fwd,
     /// Replayed after its entries were loaded: entries still cold are misses now.
     replayed: bool,
 }
 
+/// Where a client's request stands with respect to the fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Attached to no fetch: being looked up, or released to fetch again.
+    Unattached,
+    /// Waiting for the head of this fetch (as its leader or a follower).
+    Waiting(FetchId),
+    /// Receiving this fetch's body. `window`: the absolute byte range still to deliver,
+    /// when the client asked for one range.
+    Streaming {
+        fetch: FetchId,
+        window: Option<range::ByteRange>,
+    },
+}
+
+impl Phase {
+    /// The fetch the client is attached to.
+    fn fetch(self) -> Option<FetchId> {
+        match self {
+            Phase::Unattached => None,
+            Phase::Waiting(f) | Phase::Streaming { fetch: f, .. } => Some(f),
+        }
+    }
+}
+
 impl Client {
+    fn streaming(&self) -> bool {
+        matches!(self.phase, Phase::Streaming { .. })
+    }
+
     /// A request not yet attached to anything: a URI miss until the lookup says otherwise.
     fn new(req: request::Parts, key: CacheKey) -> Self {
         Client {
             req,
             key,
-            fetch: None,
-            streaming: false,
-            window: None,
+            phase: Phase::Unattached,
             collapsed: false,
             fwd: Fwd::UriMiss,
             replayed: false,
@@ -492,7 +516,7 @@ impl Engine {
             None => (FetchKind::Fill, policy::fill_request(&client.req)),
         };
         let fid = self.start_fetch(key.clone(), key.clone(), sent, kind);
-        client.fetch = Some(fid);
+        client.phase = Phase::Waiting(fid);
         self.clients.insert(cid, client);
         self.fetches
             .get_mut(&fid)
@@ -578,7 +602,7 @@ impl Engine {
             sent,
             FetchKind::Segment { index },
         );
-        c.fetch = Some(fid);
+        c.phase = Phase::Waiting(fid);
         self.clients.insert(cid, c);
         let f = self.fetches.get_mut(&fid).expect("just made");
         f.clients.push(cid);
@@ -594,7 +618,7 @@ impl Engine {
             return Some(client);
         };
         client.collapsed = true;
-        client.fetch = Some(fid);
+        client.phase = Phase::Waiting(fid);
         self.deadlines.set(
             cid,
             crate::time::after(self.now, self.config.collapse_timeout),
@@ -1094,7 +1118,7 @@ impl Engine {
         }
         for c in &released {
             if let Some(c) = self.clients.get_mut(c) {
-                c.fetch = None;
+                c.phase = Phase::Unattached;
             }
         }
         let clients = self.fetches[&fid].clients.clone();
@@ -1167,7 +1191,7 @@ impl Engine {
         }
         for cid in f.clients {
             if let Some(c) = self.take_client(cid) {
-                if c.streaming {
+                if c.streaming() {
                     self.outputs.push_back(Output::End { client: cid });
                 }
             }
@@ -1206,7 +1230,7 @@ impl Engine {
         self.flights.land(&f.key, fid);
         for cid in f.clients {
             if let Some(c) = self.take_client(cid) {
-                if c.streaming {
+                if c.streaming() {
                     self.outputs.push_back(Output::Abort { client: cid });
                 } else {
                     let status = CacheStatus::fwd(c.fwd).with_detail(error.as_str());
@@ -1226,7 +1250,7 @@ impl Engine {
         let Some(c) = self.take_client(cid) else {
             return;
         };
-        let Some(fid) = c.fetch else { return };
+        let Some(fid) = c.phase.fetch() else { return };
         let Some(f) = self.fetches.get_mut(&fid) else {
             return;
         };
@@ -1240,12 +1264,12 @@ impl Engine {
     fn on_timeout(&mut self) {
         let now = self.now;
         let mut expired = self.deadlines.expired(now);
-        expired.retain(|c| self.clients.get(c).is_some_and(|c| !c.streaming));
+        expired.retain(|c| self.clients.get(c).is_some_and(|c| !c.streaming()));
         for cid in &expired {
             let Some(c) = self.clients.get_mut(cid) else {
                 continue;
             };
-            if let Some(fid) = c.fetch.take() {
+            if let Some(fid) = std::mem::replace(&mut c.phase, Phase::Unattached).fetch() {
                 if let Some(f) = self.fetches.get_mut(&fid) {
                     f.clients.retain(|x| x != cid);
                 }
@@ -1283,7 +1307,7 @@ impl Engine {
         self.flights.lead(key, nf);
         for cid in &clients {
             if let Some(c) = self.clients.get_mut(cid) {
-                c.fetch = Some(nf);
+                c.phase = Phase::Waiting(nf);
             }
         }
         let f = self.fetches.get_mut(&nf).expect("just made");
@@ -1302,7 +1326,7 @@ impl Engine {
             let f = self.fetches.get_mut(&fid).expect("just made");
             f.clients.push(cid);
             let c = self.clients.get_mut(&cid).expect("checked");
-            c.fetch = Some(fid);
+            c.phase = Phase::Waiting(fid);
             self.deadlines.clear(cid);
         }
     }
@@ -1316,7 +1340,7 @@ impl Engine {
         let fid = self.start_fetch(key.clone(), key.clone(), sent, FetchKind::Fill);
         for cid in &clients {
             if let Some(c) = self.clients.get_mut(cid) {
-                c.fetch = Some(fid);
+                c.phase = Phase::Waiting(fid);
             }
         }
         self.fetches.get_mut(&fid).expect("just made").clients = clients;

@@ -158,7 +158,7 @@ impl Engine {
         let Some(client) = self.take_client(cid) else {
             return;
         };
-        if let Some(fid) = client.fetch {
+        if let Some(fid) = client.phase.fetch() {
             if let Some(f) = self.fetches.get_mut(&fid) {
                 f.clients.retain(|x| *x != cid);
             }
@@ -310,9 +310,8 @@ impl Engine {
             return;
         }
         let c = self.clients.get_mut(&cid).expect("checked");
-        c.streaming = true;
+        c.phase = super::Phase::Streaming { fetch: fid, window };
         self.deadlines.clear(cid);
-        c.window = window;
         let mut offset = base;
         for chunk in chunks {
             let len = chunk.len() as u64;
@@ -326,10 +325,10 @@ impl Engine {
         let Some(c) = self.clients.get(&cid) else {
             return;
         };
-        if !c.streaming {
+        let super::Phase::Streaming { window, .. } = c.phase else {
             return;
-        }
-        let Some(w) = c.window else {
+        };
+        let Some(w) = window else {
             self.outputs.push_back(Output::Body {
                 client: cid,
                 chunk: chunk.clone(),
@@ -354,7 +353,7 @@ impl Engine {
     /// The client's response is complete: forget it (its fetch may go on for the cache).
     fn detach(&mut self, cid: ClientId) {
         if let Some(c) = self.take_client(cid) {
-            if let Some(fid) = c.fetch {
+            if let Some(fid) = c.phase.fetch() {
                 if let Some(f) = self.fetches.get_mut(&fid) {
                     f.clients.retain(|x| *x != cid);
                 }
@@ -391,7 +390,7 @@ impl Engine {
         reason: String,
     ) {
         if let Some(c) = self.take_client(cid) {
-            if let Some(fid) = c.fetch {
+            if let Some(fid) = c.phase.fetch() {
                 if let Some(f) = self.fetches.get_mut(&fid) {
                     f.clients.retain(|x| *x != cid);
                 }
