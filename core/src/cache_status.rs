@@ -5,7 +5,11 @@ use core::fmt::{self, Write};
 use http::StatusCode;
 
 /// Why the request went forward (RFC 9211 §2.2).
+///
+/// `#[non_exhaustive]`: RFC 9211 defines more reasons (`partial`) than this cache writes
+/// today.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fwd {
     /// The cache was configured not to handle this request (method, passthrough, hit-for-miss).
     Bypass,
@@ -40,6 +44,7 @@ impl Fwd {
         Fwd::ALL.into_iter().find(|f| f.as_str() == token)
     }
 
+    /// The `fwd=` token, as RFC 9211 spells it.
     pub fn as_str(&self) -> &'static str {
         match self {
             Fwd::Bypass => "bypass",
@@ -56,13 +61,19 @@ impl Fwd {
 /// One `Cache-Status` entry for this cache.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheStatus {
+    /// Served from the store (with `fwd` too when upstream was tried first: stale-if-error).
     pub hit: bool,
+    /// Why the request went forward, when it did.
     pub fwd: Option<Fwd>,
+    /// The status the next hop answered with: tells an origin's own error from the proxy's.
     pub fwd_status: Option<u16>,
+    /// The response was stored for later requests.
     pub stored: bool,
+    /// The request waited on another request's fetch.
     pub collapsed: bool,
     /// Remaining freshness in seconds (negative when served stale).
     pub ttl: Option<i64>,
+    /// A token saying why (not stored, bypassed, which upstream error, stale-while-revalidate).
     pub detail: Option<&'static str>,
 }
 
@@ -171,6 +182,7 @@ impl fmt::Display for Outcome {
 }
 
 impl CacheStatus {
+    /// A hit with `ttl` seconds of freshness left.
     pub fn hit(ttl: i64) -> Self {
         CacheStatus {
             hit: true,
@@ -179,6 +191,7 @@ impl CacheStatus {
         }
     }
 
+    /// A request that went forward for `fwd`.
     pub fn fwd(fwd: Fwd) -> Self {
         CacheStatus {
             fwd: Some(fwd),
@@ -186,6 +199,7 @@ impl CacheStatus {
         }
     }
 
+    /// The same status with a `detail` token.
     pub fn with_detail(mut self, detail: &'static str) -> Self {
         self.detail = Some(detail);
         self

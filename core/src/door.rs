@@ -7,10 +7,15 @@
 use http::Uri;
 use http::request::Parts;
 
+/// Which door a request came in by: the mirror serves one configured origin to anyone,
+/// the other two name any origin and are for allowed clients only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Door {
+    /// Absolute-form target (`GET http://host/path`): the client uses this as its proxy.
     Forward,
+    /// `/proxy?q=<escaped URL>`: forwardcache's door, for clients that cannot set a proxy.
     ProxyPath,
+    /// Origin-form target joined to the `--mirror` URL.
     Mirror,
 }
 

@@ -97,7 +97,9 @@ pub fn sign(
 /// What a good signature says: when it was made, and its nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Signed {
+    /// Signing time, Unix seconds: places the nonce in the [`ReplayGuard`]'s window.
     pub t: u64,
+    /// The sender's one-time number: a second request with it is a replay.
     pub nonce: u64,
 }
 
@@ -151,6 +153,7 @@ pub struct ReplayGuard {
 }
 
 impl ReplayGuard {
+    /// A guard holding at most `capacity` nonces (at least one).
     pub fn new(capacity: usize) -> Self {
         ReplayGuard {
             buckets: VecDeque::new(),
@@ -165,6 +168,7 @@ impl ReplayGuard {
         self.held
     }
 
+    /// Whether no nonce is held.
     pub fn is_empty(&self) -> bool {
         self.held == 0
     }

@@ -20,7 +20,9 @@ const SEGMENT_MARK: &str = "#seg=";
 /// form (`<object>#seg=<index>`) is what the store indexes and the tiers persist.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SegmentKey {
+    /// The whole object's key.
     pub object: CacheKey,
+    /// Which segment: bytes `index * size ..` of the object.
     pub index: u64,
 }
 
@@ -32,7 +34,10 @@ impl SegmentKey {
 }
 
 /// Why a URI cannot be a cache key.
+///
+/// `#[non_exhaustive]`: stricter checks may add reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KeyError {
     /// Origin-form (`/path`) without a scheme and host: the adapter must make it absolute first.
     NotAbsolute,
@@ -170,10 +175,12 @@ impl CacheKey {
         })
     }
 
+    /// The normalized URI (with `#seg=<index>` for a segment).
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The bytes the ring hashes: peer placement depends on exactly these.
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }

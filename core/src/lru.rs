@@ -12,9 +12,17 @@ use hashbrown::HashMap;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission<K> {
     /// Stored; these entries were evicted to make room (least recently used first).
-    Admitted { evicted: Vec<(K, u64)> },
+    Admitted {
+        /// (key, weight) pairs the caller must now free.
+        evicted: Vec<(K, u64)>,
+    },
     /// Not stored: heavier than the largest object this cache admits (or than its capacity).
-    TooLarge { weight: u64, limit: u64 },
+    TooLarge {
+        /// The weight offered.
+        weight: u64,
+        /// The most one item may weigh.
+        limit: u64,
+    },
 }
 
 /// An eviction policy over keys and byte weights. LRU today; S3-FIFO can join behind it.
@@ -25,10 +33,13 @@ pub trait Eviction<K> {
     fn touch(&mut self, key: &K) -> bool;
     /// Forgets `key`, returning its weight.
     fn remove(&mut self, key: &K) -> Option<u64>;
+    /// Whether `key` is held (without marking it used).
     fn contains(&self, key: &K) -> bool;
     /// Total weight held.
     fn weight(&self) -> u64;
+    /// Keys held.
     fn len(&self) -> usize;
+    /// Whether nothing is held.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -74,6 +85,7 @@ impl<K: Hash + Eq + Clone> Lru<K> {
         }
     }
 
+    /// The byte limit `admit` keeps to.
     pub fn capacity(&self) -> u64 {
         self.capacity
     }

@@ -54,7 +54,9 @@ pub fn parse(value: &str) -> Option<Vec<RangeSpec>> {
 /// An absolute range `start..=end` within a representation (`start <= end`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteRange {
+    /// First byte offset.
     pub start: u64,
+    /// Last byte offset, inclusive (as `Content-Range` writes it).
     pub end: u64,
 }
 
@@ -65,6 +67,7 @@ impl ByteRange {
         self.end.saturating_sub(self.start).saturating_add(1)
     }
 
+    /// Always false: an inclusive range holds at least one byte.
     pub fn is_empty(&self) -> bool {
         false
     }

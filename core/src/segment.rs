@@ -12,8 +12,10 @@ use http::{HeaderMap, StatusCode, header};
 /// 2 MiB, as casserole and nginx `slice` deployments use.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 2 << 20;
 
+/// The segment grid of every object: segment `i` covers bytes `[i·size, (i+1)·size)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segments {
+    /// Bytes per segment (the last one of an object may be shorter).
     pub size: u64,
 }
 
@@ -22,7 +24,9 @@ pub struct Segments {
 /// it as for one byte (a list of indexes once took 4 GB and aborted the process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
+    /// First segment index.
     pub first: u64,
+    /// Last segment index, inclusive.
     pub last: u64,
 }
 
@@ -63,13 +67,21 @@ impl Plan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentAnswer {
     /// A correct 206 for the segment; `total` is the object's length.
-    Segment { range: ByteRange, total: u64 },
+    Segment {
+        /// The bytes it carries (those asked for, clamped to the object's end).
+        range: ByteRange,
+        /// The whole object's length.
+        total: u64,
+    },
     /// 200: the origin ignores Range. Stream the whole object; store no segment from it.
     WholeObject,
 }
 
 /// A segment answer that must not be used.
+///
+/// `#[non_exhaustive]`: stricter checks may add reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SegmentError {
     /// Neither 206 nor 200 (416 past the end, 5xx, ...).
     Status(u16),
@@ -80,11 +92,13 @@ pub enum SegmentError {
 }
 
 impl Segments {
+    /// The grid of `size`-byte segments; panics on 0 (the engine's config refuses it first).
     pub fn new(size: u64) -> Self {
         assert!(size > 0, "segment size must be positive");
         Segments { size }
     }
 
+    /// The segment holding byte `offset`.
     pub fn index_of(&self, offset: u64) -> u64 {
         offset / self.size
     }

@@ -637,6 +637,9 @@ impl Driver {
                 tier: Tier::Memory, ..
             } => {}
             Output::Load { entry, body } => self.disk_load(entry, body),
+            // `Output` is non-exhaustive: an output newer than this adapter is logged and
+            // ignored, not a build failure.
+            other => tracing::warn!(?other, "unknown engine output ignored"),
         }
     }
 

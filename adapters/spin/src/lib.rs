@@ -403,6 +403,9 @@ impl Edge {
                 };
                 self.input(input);
             }
+            // `Output` is non-exhaustive: an output newer than this component is logged
+            // (stderr, the Spin log) and ignored.
+            other => eprintln!("larder: unknown engine output ignored: {other:?}"),
         }
     }
 

@@ -24,7 +24,10 @@ pub enum Route {
 }
 
 /// Why an upstream fetch failed.
+///
+/// `#[non_exhaustive]`: adapters may learn to tell more failures apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum UpstreamError {
     /// Could not connect, TLS failed, or the connection was refused.
     Connect,
@@ -39,6 +42,7 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The `detail` token of the error response's Cache-Status, and a log label.
     pub fn as_str(&self) -> &'static str {
         match self {
             UpstreamError::Connect => "origin-unreachable",
@@ -50,43 +54,76 @@ impl UpstreamError {
     }
 }
 
+/// Everything that happens to the engine: one value per [`Engine::handle_input`] call.
+///
+/// `#[non_exhaustive]`: new kinds of events (new tiers' answers, new upstream signals)
+/// are added without breaking adapters; constructing the existing variants is unaffected.
+///
+/// [`Engine::handle_input`]: crate::Engine::handle_input
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Input {
     /// A client request head (GET/HEAD served here; others pass through). The URI must be
     /// absolute: the adapter resolves mirror and `/proxy?q=` doors first.
     Request {
+        /// Names the request in every output about it.
         client: ClientId,
+        /// The request head; its body, if any, stays with the adapter (for a pass).
         head: request::Parts,
+        /// Whether the ring may send it to another peer.
         route: Route,
     },
     /// The head of an upstream response to `Output::Fetch`.
     UpstreamHead {
+        /// The fetch this answers.
         fetch: FetchId,
+        /// Status and fields as the upstream sent them.
         head: response::Parts,
     },
     /// A piece of its body.
-    UpstreamBody { fetch: FetchId, chunk: Bytes },
+    UpstreamBody {
+        /// The fetch the bytes belong to.
+        fetch: FetchId,
+        /// The next bytes, in order.
+        chunk: Bytes,
+    },
     /// The body ended normally.
-    UpstreamEnd { fetch: FetchId },
+    UpstreamEnd {
+        /// The fetch that completed.
+        fetch: FetchId,
+    },
     /// The fetch failed (before or after the head).
     UpstreamError {
+        /// The fetch that failed; it gets no further inputs.
         fetch: FetchId,
+        /// Decides what waiting clients get (504 for a timeout, 403 for a refused
+        /// destination, 502 otherwise).
         error: UpstreamError,
     },
     /// The client went away; it gets no more outputs.
-    ClientGone { client: ClientId },
+    ClientGone {
+        /// The request to forget (its fetch is cancelled when nobody else waits on it).
+        client: ClientId,
+    },
     /// The head of the upstream answer to an `Output::Pass` (unsafe methods invalidate on
     /// success).
     PassResponse {
+        /// The client of the `Output::Pass`.
         client: ClientId,
+        /// Only its status and `Location` / `Content-Location` matter (RFC 9111 §4.4).
         head: response::Parts,
     },
     /// Cluster membership changed.
-    PeersChanged { peers: Vec<String> },
+    PeersChanged {
+        /// The whole new peer list (not a change to the old one).
+        peers: Vec<String>,
+    },
     /// The disk tier holds this entry (found at start-up, or, in Spin, listed for the
     /// request's key): the engine indexes it and loads it when a request needs it.
     Restored {
+        /// The record's id in the tier.
         entry: EntryId,
+        /// The key it answers for: the index is by key, the record is read only when needed.
         key: CacheKey,
         /// Bytes the record takes in the tier.
         bytes: u64,
@@ -94,18 +131,27 @@ pub enum Input {
     /// The answer to `Output::Load`: the record's metadata (checked against its checksum,
     /// still encoded) and, when asked for, its checked body.
     Loaded {
+        /// The entry `Output::Load` asked for.
         entry: EntryId,
+        /// The encoded [`Meta`](crate::storage::entry::Meta); the engine decodes it.
         meta: Bytes,
+        /// The body, when the load asked for it.
         body: Option<Bytes>,
     },
     /// `Output::Load` found nothing usable (missing, unreadable or corrupt): a miss. Also
     /// sent, unasked, for an entry whose body could not be read while serving it: the
     /// engine forgets it.
-    LoadFailed { entry: EntryId },
+    LoadFailed {
+        /// The entry to forget.
+        entry: EntryId,
+    },
     /// A tier could not carry out `Output::Write`.
     WriteFailed {
+        /// The entry that was not written: the engine drops it from that tier.
         entry: EntryId,
+        /// The tier that refused it (a disk failure rests the disk tier for a while).
         tier: Tier,
+        /// Why it was refused.
         error: StorageError,
     },
     /// The time handed out by `poll_timeout` has come.
@@ -126,12 +172,22 @@ pub enum ResponseBody {
     Stream,
 }
 
+/// Everything the engine decides: drained with [`Engine::poll_output`] after each input.
+///
+/// `#[non_exhaustive]`: the engine will ask for more kinds of work. An adapter logs and
+/// ignores an output it does not know (a test driver fails on it).
+///
+/// [`Engine::poll_output`]: crate::Engine::poll_output
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Output {
     /// Send this head (Cache-Status and Age already set) to the client.
     Respond {
+        /// The request this answers.
         client: ClientId,
+        /// Status and fields to send as they are.
         head: response::Parts,
+        /// Where the body comes from.
         body: ResponseBody,
         /// How this request counts (hit, stale, miss, error ...), derived from the
         /// Cache-Status in `head` and its status: count this, never the header text.
@@ -140,18 +196,33 @@ pub enum Output {
         collapsed: bool,
     },
     /// Next piece of a streamed body.
-    Body { client: ClientId, chunk: Bytes },
+    Body {
+        /// A client whose response has `ResponseBody::Stream`.
+        client: ClientId,
+        /// The next bytes, in order.
+        chunk: Bytes,
+    },
     /// The streamed body is complete.
-    End { client: ClientId },
+    End {
+        /// The client whose response is now whole.
+        client: ClientId,
+    },
     /// The streamed body cannot be completed: close the connection so the client sees a
     /// truncated response, never a short one that looks whole.
-    Abort { client: ClientId },
+    Abort {
+        /// The client whose connection to close.
+        client: ClientId,
+    },
     /// Another peer owns the key: forward the request (`head`, normalized) to `peers[0]`,
     /// falling back in order; when all fail, hand it back with `Route::Local`.
     Forward {
+        /// The request to forward.
         client: ClientId,
+        /// The key the peers were chosen for.
         key: CacheKey,
+        /// Peer ids, owner first, then the fail-over order.
         peers: Vec<String>,
+        /// The request to send, URI normalized.
         head: request::Parts,
     },
     /// Not for the cache: send the request (and its body) upstream unchanged and relay the
@@ -160,25 +231,38 @@ pub enum Output {
     /// `status.fwd_status` to the upstream's status and counts `status.outcome(...)` of
     /// the status it relays (an [`Outcome::Pass`] unless the proxy made an error).
     Pass {
+        /// The request to relay.
         client: ClientId,
+        /// The Cache-Status to add to the relayed answer.
         status: CacheStatus,
+        /// The request to send upstream.
         head: request::Parts,
     },
     /// Make this upstream request and report its head, body, end or error.
     Fetch {
+        /// Names this fetch in the inputs that answer it.
         fetch: FetchId,
+        /// The request to send as it is (the engine added validators or `Range` itself).
         request: request::Parts,
     },
     /// Nobody needs this fetch any more: stop it and send no further inputs for it.
-    CancelFetch { fetch: FetchId },
+    CancelFetch {
+        /// The fetch to stop.
+        fetch: FetchId,
+    },
     /// Put this entry in `tier`. `body` is the whole body; `meta` is the encoded
     /// [`crate::storage::entry::Meta`] for the disk tier (empty for memory, whose entries
     /// the engine describes itself). Report failure with `Input::WriteFailed`.
     Write {
+        /// The id to store it under (never reused, so reads by id cannot mix responses).
         entry: EntryId,
+        /// The tier to write to.
         tier: Tier,
+        /// The key it answers for, for tiers that list entries by key (Spin).
         key: CacheKey,
+        /// The encoded metadata (disk tier only).
         meta: Bytes,
+        /// The whole body.
         body: Bytes,
     },
     /// Replace the metadata of an entry `tier` holds, keeping its body: a 304 refreshed it
@@ -186,18 +270,31 @@ pub enum Output {
     /// the revalidation. A tier that cannot do it may leave the old record: it is older, not
     /// wrong (it revalidates again). Nothing is reported back.
     UpdateMeta {
+        /// The entry refreshed.
         entry: EntryId,
+        /// The tier holding it.
         tier: Tier,
+        /// The key it answers for, for tiers that list entries by key (Spin).
         key: CacheKey,
+        /// The new encoded metadata.
         meta: Bytes,
     },
     /// Drop this entry from `tier` (evicted, replaced, invalidated or found corrupt).
     Delete {
+        /// The entry to drop.
         entry: EntryId,
+        /// The tier to drop it from (it may stay in the other).
         tier: Tier,
+        /// The key it answered for, for tiers that list entries by key (Spin).
         key: CacheKey,
     },
     /// Read this entry from the disk tier and answer with `Input::Loaded` (with the body
     /// when `body`, after checking it) or `Input::LoadFailed`.
-    Load { entry: EntryId, body: bool },
+    Load {
+        /// The disk entry to read.
+        entry: EntryId,
+        /// Read (and check) the body too: false when it is too large for the memory tier
+        /// (it is then streamed from disk when served).
+        body: bool,
+    },
 }

@@ -39,9 +39,11 @@ use store::{Change, Hot, Store};
 /// Everything the engine is told at start-up.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// What is stored and for how long (RFC 9111 plus the proxy's own limits).
     pub policy: PolicyConfig,
     /// Bytes of memory for stored responses.
     pub memory: u64,
+    /// How keys are placed on peers; every member of a cluster must use the same.
     pub ring: RingKind,
     /// This node's peer id (its URL), when it is part of a cluster.
     pub self_id: Option<String>,
@@ -222,6 +224,8 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An empty engine; fails on a configuration it cannot run (a bad passthrough regex,
+    /// a zero segment size) rather than misbehaving later.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         let passthrough = config
             .passthrough
@@ -266,10 +270,12 @@ impl Engine {
         })
     }
 
+    /// The configuration in force (`peers` follows `Input::PeersChanged`).
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    /// The current peer set, as changed by `Input::PeersChanged`.
     pub fn ring(&self) -> &PeerSelection {
         &self.ring
     }
@@ -289,6 +295,7 @@ impl Engine {
         self.disk_rest_until.is_some_and(|t| t > self.now)
     }
 
+    /// Entries indexed, in either tier (a gauge for metrics).
     pub fn stored_entries(&self) -> usize {
         self.store.len()
     }

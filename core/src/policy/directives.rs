@@ -15,8 +15,11 @@ use std::time::Duration;
 /// appeared (trimmed), for rewriting a field without changing what is not understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Directive<'a> {
+    /// Lower-cased: directive names are case-insensitive.
     pub name: String,
+    /// The argument, unquoted; `None` for a bare directive.
     pub value: Option<String>,
+    /// The member as written, to copy it unchanged.
     pub raw: &'a str,
 }
 
@@ -161,6 +164,7 @@ pub struct Directives {
 }
 
 impl Directives {
+    /// Every Cache-Control field line of `headers` (lines that are not text are skipped).
     pub fn parse(headers: &HeaderMap) -> Self {
         let mut d = Directives::default();
         for v in headers
@@ -200,6 +204,7 @@ impl Directives {
         self.flags & bit != 0
     }
 
+    /// `no-store`.
     pub fn no_store(&self) -> bool {
         self.flag(NO_STORE)
     }
@@ -211,24 +216,31 @@ impl Directives {
     pub fn private(&self) -> bool {
         self.flag(PRIVATE)
     }
+    /// `public`: lets a shared cache store a response to an authorized request.
     pub fn public(&self) -> bool {
         self.flag(PUBLIC)
     }
+    /// `must-revalidate`: never served stale, not even on error.
     pub fn must_revalidate(&self) -> bool {
         self.flag(MUST_REVALIDATE)
     }
+    /// `proxy-revalidate`: `must-revalidate` for shared caches only.
     pub fn proxy_revalidate(&self) -> bool {
         self.flag(PROXY_REVALIDATE)
     }
+    /// `only-if-cached`: answer from the store or with 504, never upstream.
     pub fn only_if_cached(&self) -> bool {
         self.flag(ONLY_IF_CACHED)
     }
+    /// `no-transform`.
     pub fn no_transform(&self) -> bool {
         self.flag(NO_TRANSFORM)
     }
+    /// `immutable` (RFC 8246).
     pub fn immutable(&self) -> bool {
         self.flag(IMMUTABLE)
     }
+    /// `must-understand`: store only if the status code is understood.
     pub fn must_understand(&self) -> bool {
         self.flag(MUST_UNDERSTAND)
     }
@@ -237,12 +249,15 @@ impl Directives {
     pub fn has_max_age(&self) -> bool {
         self.max_age != Seconds::Absent
     }
+    /// `s-maxage` present at all, valid or not.
     pub fn has_s_maxage(&self) -> bool {
         self.s_maxage != Seconds::Absent
     }
+    /// `min-fresh` present at all, valid or not.
     pub fn has_min_fresh(&self) -> bool {
         self.min_fresh != Seconds::Absent
     }
+    /// `max-stale` present at all, valid or not.
     pub fn has_max_stale(&self) -> bool {
         self.max_stale != Seconds::Absent
     }
@@ -252,6 +267,7 @@ impl Directives {
     pub fn max_age(&self) -> Option<Duration> {
         valid(self.max_age)
     }
+    /// `s-maxage`: the shared-cache lifetime, over `max-age`.
     pub fn s_maxage(&self) -> Option<Duration> {
         valid(self.s_maxage)
     }
@@ -259,12 +275,15 @@ impl Directives {
     pub fn max_stale(&self) -> Option<Duration> {
         valid(self.max_stale)
     }
+    /// `min-fresh`: the request wants this much freshness left.
     pub fn min_fresh(&self) -> Option<Duration> {
         valid(self.min_fresh)
     }
+    /// `stale-while-revalidate` (RFC 5861): serve stale this long while revalidating.
     pub fn stale_while_revalidate(&self) -> Option<Duration> {
         valid(self.stale_while_revalidate)
     }
+    /// `stale-if-error` (RFC 5861): serve stale this long when upstream fails.
     pub fn stale_if_error(&self) -> Option<Duration> {
         valid(self.stale_if_error)
     }

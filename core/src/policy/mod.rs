@@ -25,13 +25,17 @@ use vary::VaryKey;
 /// and authorized responses, as forwardcache does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CacheMode {
+    /// A cache for many users: nothing for one user alone is stored (`private`, `Set-Cookie`).
     #[default]
     Shared,
+    /// One tenant's cache: what is private to that tenant may be stored.
     Private,
 }
 
+/// The proxy's storage rules on top of RFC 9111.
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
+    /// Shared or private cache semantics.
     pub mode: CacheMode,
     /// Responses fresh for less than this are not stored (casserole's 60 s rule; default 0).
     pub min_ttl: Duration,
@@ -53,7 +57,10 @@ impl Default for PolicyConfig {
 }
 
 /// Why a response was not stored.
+///
+/// `#[non_exhaustive]`: new rules bring new reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NotStored {
     /// Only GET responses are stored (HEAD is answered from them).
     Method,
@@ -111,7 +118,10 @@ impl fmt::Display for NotStored {
 }
 
 /// Why a stored response was not used as is.
+///
+/// `#[non_exhaustive]`: new rules bring new reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NotServed {
     /// Only GET and HEAD are answered from cache.
     Method,
@@ -150,6 +160,7 @@ pub enum Reuse {
     Fresh,
     /// Validate first with `revalidate` (conditional when the response had validators).
     Stale {
+        /// The request to send upstream.
         revalidate: Box<request::Parts>,
         /// RFC 5861: the stored copy may be served now while the validation runs behind it.
         while_revalidate: bool,
@@ -180,7 +191,9 @@ impl Reuse {
 pub enum Revalidated {
     /// 304 matched: keep the body, use the refreshed headers and policy.
     NotModified {
+        /// The entry's policy, refreshed by the 304.
         stored: Box<Stored>,
+        /// The stored head with the 304's fields merged in (RFC 9111 §3.2).
         head: response::Parts,
     },
     /// The origin sent something else: store/serve it as a new response.
@@ -282,10 +295,12 @@ impl PolicyConfig {
 /// The policy engine. Stateless apart from its configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
+    /// The rules it applies.
     pub config: PolicyConfig,
 }
 
 impl Policy {
+    /// A policy applying `config`.
     pub fn new(config: PolicyConfig) -> Self {
         Policy { config }
     }
@@ -659,6 +674,7 @@ impl Stored {
         self.policy.age(now)
     }
 
+    /// Whether a stale copy can be revalidated (`ETag` or `Last-Modified`) rather than refetched.
     pub fn has_validator(&self) -> bool {
         self.has_validator
     }

@@ -11,15 +11,25 @@ pub const T0_SECS: u64 = 1_700_000_000;
 /// One vector line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Case {
+    /// Names the case in failure messages (and selects HEAD for `head-from-get`).
     pub name: String,
+    /// Method of the storing request.
     pub method: String,
+    /// Target of both requests.
     pub url: String,
+    /// Fields of the storing request.
     pub req: Vec<(String, String)>,
+    /// Status of the response.
     pub status: u16,
+    /// Fields of the response (`Date` = t0 is added).
     pub res: Vec<(String, String)>,
+    /// Expected: `stored`, or the [`NotStored`](super::NotStored) token.
     pub storage: String,
+    /// Seconds after t0 that the second request comes.
     pub later: u64,
+    /// Fields of the second request.
     pub req_then: Vec<(String, String)>,
+    /// Expected [`Reuse::token`](super::Reuse::token) of the second request (`-`: not stored).
     pub reuse: String,
 }
 
@@ -34,6 +44,7 @@ fn headers(s: &str) -> Vec<(String, String)> {
 }
 
 impl Case {
+    /// One `|`-separated line of the vectors file (comments are the caller's to skip).
     pub fn parse(line: &str) -> Result<Case, String> {
         let f: Vec<&str> = line.split('|').collect();
         if f.len() != 10 {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 /// groupcache's `defaultReplicas`.
 pub const DEFAULT_REPLICAS: usize = 50;
 
+/// Peers placed on groupcache's hash ring, so a mixed Go/Larder cluster agrees on owners.
 #[derive(Clone)]
 pub struct GroupcacheRing {
     hash: fn(&[u8]) -> u32,
@@ -79,6 +80,7 @@ impl GroupcacheRing {
         Some(if i == self.points.len() { 0 } else { i })
     }
 
+    /// The peer owning `key`: the first point at or after its hash.
     pub fn owner(&self, key: &[u8]) -> Option<&str> {
         self.start(key)
             .map(|i| self.peers[self.points[i].1].as_str())
@@ -104,6 +106,7 @@ impl GroupcacheRing {
         out
     }
 
+    /// The distinct peers, in the order added.
     pub fn peers(&self) -> &[String] {
         &self.peers
     }

@@ -38,11 +38,14 @@ impl core::str::FromStr for RingKind {
 /// The peer set under one placement scheme.
 #[derive(Debug, Clone)]
 pub enum PeerSelection {
+    /// [`RingKind::Rendezvous`].
     Rendezvous(Rendezvous),
+    /// [`RingKind::Groupcache`].
     Groupcache(GroupcacheRing),
 }
 
 impl PeerSelection {
+    /// `peers` placed by `kind` (duplicates count once).
     pub fn new<S: AsRef<str>>(kind: RingKind, peers: &[S]) -> Self {
         match kind {
             RingKind::Rendezvous => PeerSelection::Rendezvous(Rendezvous::new(peers)),
@@ -50,6 +53,7 @@ impl PeerSelection {
         }
     }
 
+    /// The scheme in use (every member of a cluster must report the same).
     pub fn kind(&self) -> RingKind {
         match self {
             PeerSelection::Rendezvous(_) => RingKind::Rendezvous,
@@ -73,6 +77,7 @@ impl PeerSelection {
         }
     }
 
+    /// The distinct peers.
     pub fn peers(&self) -> &[String] {
         match self {
             PeerSelection::Rendezvous(r) => r.peers(),

@@ -6,6 +6,7 @@
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
+/// Peers placed by rendezvous hashing: the default, best balanced scheme.
 #[derive(Debug, Clone, Default)]
 pub struct Rendezvous {
     peers: Vec<String>,
@@ -13,6 +14,7 @@ pub struct Rendezvous {
 }
 
 impl Rendezvous {
+    /// `peers` in any order, duplicates counted once: the same set gives the same owners.
     pub fn new<S: AsRef<str>>(peers: &[S]) -> Self {
         let mut list: Vec<String> = peers.iter().map(|p| p.as_ref().to_owned()).collect();
         list.sort();
@@ -26,6 +28,7 @@ impl Rendezvous {
         xxh3_64_with_seed(key, xxh3_64(peer.as_bytes()))
     }
 
+    /// The peer with the highest score for `key`.
     pub fn owner(&self, key: &[u8]) -> Option<&str> {
         let mut best: Option<(u64, usize)> = None;
         for (i, seed) in self.seeds.iter().enumerate() {
@@ -38,6 +41,7 @@ impl Rendezvous {
         best.map(|(_, i)| self.peers[i].as_str())
     }
 
+    /// Every peer by descending score: the owner, then the fail-over order.
     pub fn preference(&self, key: &[u8]) -> Vec<&str> {
         let mut scored: Vec<(u64, usize)> = self
             .seeds
@@ -52,6 +56,7 @@ impl Rendezvous {
             .collect()
     }
 
+    /// The distinct peers, sorted.
     pub fn peers(&self) -> &[String] {
         &self.peers
     }

@@ -52,7 +52,9 @@ impl std::error::Error for Corrupt {}
 /// What a stored response is, apart from its body.
 #[derive(Debug)]
 pub struct Meta {
+    /// The record's id: a record found under another name is not trusted.
     pub id: EntryId,
+    /// The key it answers for, so a restart can index it without the engine's memory.
     pub key: CacheKey,
     /// When the response (or the last 304 that refreshed it) arrived.
     pub response_time: SystemTime,
@@ -68,9 +70,13 @@ pub struct Meta {
 /// The fixed header of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// Bytes of metadata after the header.
     pub meta_len: u32,
+    /// CRC-32 of the metadata.
     pub meta_crc: u32,
+    /// Bytes of body after the metadata.
     pub body_len: u64,
+    /// CRC-32 of the body, checked as it is read.
     pub body_crc: u32,
 }
 
@@ -85,6 +91,7 @@ impl Header {
         }
     }
 
+    /// The header as written at the start of a record (with its own checksum).
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(MAGIC);
@@ -98,6 +105,7 @@ impl Header {
         b
     }
 
+    /// Reads the first [`HEADER_LEN`] bytes of a record; refuses foreign or damaged ones.
     pub fn parse(b: &[u8]) -> Result<Header, Corrupt> {
         let b: &[u8; HEADER_LEN] = b
             .get(..HEADER_LEN)
@@ -143,6 +151,7 @@ impl Header {
         self.body_offset().saturating_add(self.body_len)
     }
 
+    /// Checks metadata read back against its length and checksum.
     pub fn check_meta(&self, meta: &[u8]) -> Result<(), Corrupt> {
         if meta.len() as u64 != u64::from(self.meta_len) || crc32fast::hash(meta) != self.meta_crc {
             return Err(Corrupt("metadata checksum"));
@@ -159,11 +168,13 @@ pub struct BodyCheck {
 }
 
 impl BodyCheck {
+    /// Adds the next piece read.
     pub fn update(&mut self, piece: &[u8]) {
         self.crc.update(piece);
         self.len = self.len.saturating_add(piece.len() as u64);
     }
 
+    /// Whether the pieces were the whole body `header` describes, unchanged.
     pub fn finish(self, header: &Header) -> Result<(), Corrupt> {
         if self.len != header.body_len || self.crc.finalize() != header.body_crc {
             return Err(Corrupt("body checksum"));

@@ -45,7 +45,10 @@ pub enum Tier {
 }
 
 /// Why a tier could not take a write.
+///
+/// `#[non_exhaustive]`: tiers may report finer failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StorageError {
     /// No space left (`ENOSPC`, a quota, a store's size limit).
     Full,
@@ -59,14 +62,22 @@ pub enum Piece {
     /// Bytes the engine made (multipart boundaries).
     Literal(Bytes),
     /// `len` bytes of the stored body from `start`.
-    Slice { start: u64, len: u64 },
+    Slice {
+        /// Offset in the stored body.
+        start: u64,
+        /// Bytes from there.
+        len: u64,
+    },
 }
 
 /// A body the adapter reads from one of its tiers: the pieces in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBody {
+    /// The entry to read.
     pub entry: EntryId,
+    /// The tier to read it from (memory reads resolve at once, disk reads stream).
     pub tier: Tier,
+    /// What the client gets: the whole body as one slice, a range, or multipart pieces.
     pub pieces: Vec<Piece>,
 }
 
@@ -82,6 +93,7 @@ impl StoredBody {
             .sum()
     }
 
+    /// Whether the client receives no bytes at all.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -95,26 +107,32 @@ pub struct MemoryTier {
 }
 
 impl MemoryTier {
+    /// An empty tier.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Carries out `Output::Write` for [`Tier::Memory`].
     pub fn insert(&mut self, id: EntryId, body: Bytes) {
         self.bodies.insert(id, body);
     }
 
+    /// Carries out `Output::Delete` for [`Tier::Memory`].
     pub fn remove(&mut self, id: EntryId) -> Option<Bytes> {
         self.bodies.remove(&id)
     }
 
+    /// The whole stored body of `id`.
     pub fn get(&self, id: EntryId) -> Option<&Bytes> {
         self.bodies.get(&id)
     }
 
+    /// Bodies held.
     pub fn len(&self) -> usize {
         self.bodies.len()
     }
 
+    /// Whether no body is held.
     pub fn is_empty(&self) -> bool {
         self.bodies.is_empty()
     }

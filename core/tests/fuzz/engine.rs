@@ -658,6 +658,8 @@ impl Driver {
                     }
                 }
                 Output::Load { entry: id, body } => loads.push((id, body)),
+                // `Output` is non-exhaustive: an output this driver does not know is a failure.
+                other => return Err(fail(format!("unknown output {other:?}"))),
             }
             if self.engine.stored_bytes() > self.memory {
                 return Err(fail(format!(

@@ -432,6 +432,8 @@ impl Sim {
                     };
                     self.input(at, input);
                 }
+                // `Output` is non-exhaustive: an output the simulator does not know fails the test.
+                other => panic!("unknown output {other:?}"),
             }
         }
     }
