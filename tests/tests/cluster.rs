@@ -364,3 +364,60 @@ async fn owner_stalling_mid_body_aborts_the_relay() {
         start.elapsed()
     );
 }
+
+fn metric(r: &larder_peer::Running, name: &str) -> f64 {
+    let m = r.state.metrics.render();
+    m.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Issue 10, the hot cache: a remote key asked for often at one entry peer is kept there
+/// and served there, even with its owner gone, while fresh; once stale it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_popular_remote_key_is_served_by_the_entry_peer_itself() {
+    let origin =
+        Origin::start(|_, n| Reply::ok(format!("popular v{n}"), &[("cache-control", "max-age=3")]))
+            .await;
+    let mut c = cluster(3, |a| a.hot_after = Some(3)).await;
+    let peers = urls(&c);
+    // A URL owned by peer 0, entered through peer 1.
+    let url = (0..1000)
+        .map(|i| origin.url(&format!("/hot{i}")))
+        .find(|u| owner_of(&peers, RingKind::Rendezvous, u) == peers[0])
+        .unwrap();
+    for _ in 0..3 {
+        let r = get(c[1].addr, &url).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "popular v0"));
+    }
+    assert_eq!(metric(&c[1], "larder_peer_fetches_total"), 1.0);
+    assert!(metric(&c[1], "larder_hot_bytes") > 0.0);
+    let r = get(c[1].addr, &url).await;
+    let status = r.header("cache-status").unwrap_or_default();
+    assert!(
+        status.contains("hit") && status.contains("detail=hot"),
+        "{status}"
+    );
+    // Served at the entry: the owner can be gone.
+    let owner = c.remove(0);
+    owner.shutdown(Duration::from_millis(100)).await;
+    let r = get(c[0].addr, &url).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "popular v0"));
+    assert!(
+        r.header("cache-status")
+            .unwrap_or_default()
+            .contains("detail=hot")
+    );
+    assert_eq!(origin.hits(), 1);
+    // Past max-age=3 the copy is not served: the request goes on (here to the origin, the
+    // owner being gone), and gets the new version.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let r = get(c[0].addr, &url).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "popular v1"));
+    assert!(
+        !r.header("cache-status")
+            .unwrap_or_default()
+            .contains("detail=hot")
+    );
+}

@@ -54,6 +54,13 @@ pub struct Args {
     /// Range segment size for large objects [default: 2MiB]; 0 turns segments off.
     #[arg(long, env = "LARDER_SEGMENT_SIZE")]
     pub segment_size: Option<String>,
+    /// Memory (part of --memory) for hot copies of keys other peers own, served here
+    /// within their freshness [default: 1/8 of --memory in a cluster]; 0 turns it off.
+    #[arg(long, env = "LARDER_HOT_MEMORY")]
+    pub hot_memory: Option<String>,
+    /// Requests for a remote key within a minute that earn it a hot copy [default: 3].
+    #[arg(long, env = "LARDER_HOT_AFTER")]
+    pub hot_after: Option<u32>,
     /// This peer's own URL as the others know it, e.g. http://10.0.0.1:3128.
     #[arg(long = "self", env = "LARDER_SELF")]
     pub self_url: Option<String>,
@@ -112,6 +119,8 @@ struct FileConfig {
     private: Option<bool>,
     ring: Option<String>,
     segment_size: Option<String>,
+    hot_memory: Option<String>,
+    hot_after: Option<u32>,
     #[serde(rename = "self")]
     self_url: Option<String>,
     peers: Option<Vec<String>>,
@@ -291,6 +300,13 @@ impl Args {
         if !peers.is_empty() && self_url.is_none() {
             return Err("--peers needs --self (this peer's URL as the others know it)".into());
         }
+        let hot_memory = size(or(self.hot_memory, file.hot_memory), memory / 8)?;
+        if hot_memory > memory {
+            return Err(format!(
+                "--hot-memory ({hot_memory}) is part of --memory ({memory}) and cannot exceed it"
+            ));
+        }
+        let hot_after = or(self.hot_after, file.hot_after).unwrap_or(3).max(1);
         let allow = nets("--allow", list(self.allow, file.allow))?;
         let allow_destination = nets(
             "--allow-destination",
@@ -324,6 +340,9 @@ impl Args {
                 Some(segment_size)
             },
             passthrough,
+            // Only a peer of a cluster has remote keys to keep.
+            hot_memory: if peers.is_empty() { 0 } else { hot_memory },
+            hot_after,
             ..larder_core::Config::default()
         };
         // Fail early on a bad regex rather than at the first request.

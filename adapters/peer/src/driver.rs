@@ -4,6 +4,7 @@
 
 use crate::disk::{BodyFile, Disk, LoadError};
 use crate::metrics::Metrics;
+use crate::peers::PeerLink;
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use hashbrown::HashMap;
@@ -213,6 +214,8 @@ pub struct Driver {
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     disk: OnceLock<DiskLink>,
+    /// How to reach the other peers (`Output::FetchFromPeers`); set once at start-up.
+    peers: OnceLock<Arc<PeerLink>>,
 }
 
 impl Driver {
@@ -229,7 +232,19 @@ impl Driver {
             upstream,
             metrics,
             disk: OnceLock::new(),
+            peers: OnceLock::new(),
         })
+    }
+
+    /// Gives the driver its peer link (the server's, so both send peer traffic alike and
+    /// share its health). Call once, at start-up; without it peer fetches fail at once.
+    pub fn attach_peers(&self, link: Arc<PeerLink>) {
+        let _ = self.peers.set(link);
+    }
+
+    /// The peer link, once attached.
+    pub fn peers(&self) -> Option<&Arc<PeerLink>> {
+        self.peers.get()
     }
 
     /// Gives the engine its disk tier: starts the writer thread and, in the background,
@@ -385,6 +400,7 @@ impl Driver {
         self.metrics
             .disk_bytes
             .set(inner.engine.disk_bytes() as i64);
+        self.metrics.hot_bytes.set(inner.engine.hot_bytes() as i64);
         self.metrics
             .disk_resting
             .set(inner.engine.disk_resting() as i64);
@@ -582,6 +598,16 @@ impl Driver {
                 self.metrics.origin_fetches.inc();
                 let handle = tokio::spawn(crate::upstream::fetch(self.clone(), fetch, request))
                     .abort_handle();
+                inner.fetches.insert(fetch, handle);
+            }
+            Output::FetchFromPeers {
+                fetch,
+                peers,
+                request,
+            } => {
+                self.metrics.peer_fetches.inc();
+                let task = crate::upstream::fetch_from_peers(self.clone(), fetch, peers, request);
+                let handle = tokio::spawn(task).abort_handle();
                 inner.fetches.insert(fetch, handle);
             }
             Output::CancelFetch { fetch } => {
@@ -966,5 +992,186 @@ mod tests {
             Begin::Answered { head, .. } => assert_eq!(head.status.as_u16(), 504),
             Begin::Pending { .. } => panic!("only-if-cached is answered at once"),
         }
+    }
+
+    // ---- fetches from peers ------------------------------------------------------------
+    //
+    // The engine emits `FetchFromPeers` only with a hot cache of remote keys; these tests
+    // take an ordinary miss's fetch away from the origin before it runs and answer it with
+    // `fetch_from_peers`, so the engine waits on it exactly as it would on a peer fetch.
+
+    use crate::peers::stand_in;
+
+    fn get(url: &str) -> request::Parts {
+        http::Request::get(url).body(()).unwrap().into_parts().0
+    }
+
+    /// Starts a miss for `url` and stops its origin fetch before it ran.
+    fn miss(d: &Arc<Driver>, url: &str) -> (ClientId, Events, FetchId) {
+        let Begin::Pending {
+            id,
+            rx,
+            first: None,
+        } = d.begin(get(url), Route::Local)
+        else {
+            panic!("a miss waits for its fetch");
+        };
+        let inner = d.lock();
+        let [(&fetch, handle)] = inner.fetches.iter().collect::<Vec<_>>()[..] else {
+            panic!("one fetch for one miss");
+        };
+        handle.abort();
+        (id, rx, fetch)
+    }
+
+    /// The client's response: its status, body, and whether it ended whole.
+    async fn response(rx: &mut Events) -> (http::StatusCode, Vec<u8>, bool) {
+        let (status, mut body) = match rx.recv().await {
+            Some(ClientEvent::Respond { head, body, .. }) => match body {
+                ResponseBody::Stream => (head.status, Vec::new()),
+                ResponseBody::Full(b) => return (head.status, b.to_vec(), true),
+                ResponseBody::Empty => return (head.status, Vec::new(), true),
+                ResponseBody::Stored(_) => panic!("stored bodies reach clients read"),
+            },
+            other => panic!("expected a response, got {other:?}"),
+        };
+        loop {
+            match rx.recv().await {
+                Some(ClientEvent::Body(b)) => body.extend_from_slice(&b),
+                Some(ClientEvent::End) => return (status, body, true),
+                Some(ClientEvent::Abort) => return (status, body, false),
+                other => panic!("expected the body, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fetch_from_peers_feeds_the_engine_like_an_origin_fetch() {
+        let (owner, seen) = stand_in::serve(200, "from the owner").await;
+        let d = driver();
+        d.attach_peers(Arc::new(stand_in::link(Some("sesame"))));
+        let url = "http://127.0.0.1:9/peer-fetched";
+        let (id, mut rx, fetch) = miss(&d, url);
+        let peers = vec![stand_in::refused(), owner];
+        crate::upstream::fetch_from_peers(d.clone(), fetch, peers, get(url)).await;
+        let (status, body, whole) = response(&mut rx).await;
+        assert_eq!(
+            (status.as_u16(), &body[..], whole),
+            (200, &b"from the owner"[..], true)
+        );
+        d.release(id);
+        assert!(
+            d.lock().fetches.is_empty(),
+            "the finished fetch is forgotten"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert_eq!(
+            seen.lock().unwrap()[0].headers[larder_core::hop::HOP],
+            stand_in::SELF_ID
+        );
+        assert_eq!(d.metrics.peer_errors.get(), 1, "the refused peer");
+        assert_eq!(d.metrics.bytes_from_peers.get(), 14);
+        assert_eq!(d.metrics.bytes_from_origin.get(), 0);
+        // Stored like any fill: the next request is a hit.
+        match d.begin(get(url), Route::Local) {
+            Begin::Answered { head, body, .. } => {
+                assert_eq!(head.status, http::StatusCode::OK);
+                assert!(matches!(body, ResponseBody::Full(b) if b == "from the owner"));
+            }
+            Begin::Pending { .. } => panic!("a hit is answered at once"),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_peer_failing_fails_the_fetch() {
+        let d = driver();
+        // No peer link at all: failed at once.
+        let (_, mut rx, fetch) = miss(&d, "http://127.0.0.1:9/a");
+        crate::upstream::fetch_from_peers(d.clone(), fetch, vec![], get("http://127.0.0.1:9/a"))
+            .await;
+        let (status, _, _) = response(&mut rx).await;
+        assert!(status.is_server_error(), "{status}");
+        // Every peer refusing its connection.
+        d.attach_peers(Arc::new(stand_in::link(None)));
+        let (_, mut rx, fetch) = miss(&d, "http://127.0.0.1:9/b");
+        let peers = vec![stand_in::refused(), stand_in::refused()];
+        crate::upstream::fetch_from_peers(d.clone(), fetch, peers, get("http://127.0.0.1:9/b"))
+            .await;
+        let (status, _, _) = response(&mut rx).await;
+        assert_eq!(status, http::StatusCode::BAD_GATEWAY);
+        assert_eq!(d.metrics.peer_errors.get(), 2);
+        assert!(d.lock().fetches.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_peer_body_cut_short_is_truncated() {
+        // Declares 100 bytes, sends 5, closes.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = format!("http://{}", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let (conn, _) = l.accept().unwrap();
+            let mut r = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 && !line.ends_with("\r\n\r\n") {}
+            let mut w = conn;
+            let _ = w.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncache-control: max-age=60\r\n\r\nshort",
+            );
+        });
+        let d = driver();
+        d.attach_peers(Arc::new(stand_in::link(None)));
+        let url = "http://127.0.0.1:9/cut";
+        let (id, mut rx, fetch) = miss(&d, url);
+        crate::upstream::fetch_from_peers(d.clone(), fetch, vec![peer], get(url)).await;
+        let (status, body, whole) = response(&mut rx).await;
+        assert_eq!(
+            (status.as_u16(), &body[..], whole),
+            (200, &b"short"[..], false)
+        );
+        d.release(id);
+        assert!(d.lock().fetches.is_empty());
+        // Not stored: the next request misses again.
+        assert!(matches!(
+            d.begin(get(url), Route::Local),
+            Begin::Pending { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_real_owner_serves_a_signed_fetch_itself() {
+        let (origin, hits) = stand_in::serve(200, "origin body").await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut settings = crate::Args {
+            allow_destination: vec!["127.0.0.0/8".into()],
+            peer_secret: Some("sesame".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        settings.listen = listener.local_addr().unwrap();
+        let owner = crate::server::start_on(listener, settings).await.unwrap();
+        let peers = vec![format!("http://{}", owner.addr)];
+        let url = format!("{origin}/shared?x=1&y=%20");
+        // Two entry peers asking for one key: the owner fetches from the origin once and
+        // serves its copy the second time (each signature admitted once, never mistaken
+        // for a replay).
+        for _ in 0..2 {
+            let d = driver();
+            d.attach_peers(Arc::new(stand_in::link(Some("sesame"))));
+            let (id, mut rx, fetch) = miss(&d, &url);
+            crate::upstream::fetch_from_peers(d.clone(), fetch, peers.clone(), get(&url)).await;
+            let (status, body, whole) = response(&mut rx).await;
+            assert_eq!(
+                (status.as_u16(), &body[..], whole),
+                (200, &b"origin body"[..], true)
+            );
+            d.release(id);
+            assert_eq!(d.metrics.peer_errors.get(), 0, "the owner accepted it");
+            assert_eq!(d.metrics.bytes_from_origin.get(), 0);
+        }
+        assert_eq!(hits.lock().unwrap().len(), 1, "the owner's origin, once");
+        assert_eq!(owner.state.metrics.origin_fetches.get(), 1);
+        owner.shutdown(Duration::from_millis(100)).await;
     }
 }

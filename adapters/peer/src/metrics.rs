@@ -40,6 +40,8 @@ pub struct Metrics {
     /// `larder_forwarded` by the outcome the owner reported.
     forwarded_outcomes: ByOutcome,
     pub origin_fetches: Counter,
+    /// Fetches the engine sent to the key's owner instead of the origin.
+    pub peer_fetches: Counter,
     pub coalesced: Counter,
     pub peer_forwards: Counter,
     pub peer_errors: Counter,
@@ -47,11 +49,14 @@ pub struct Metrics {
     pub peers_down: Gauge,
     pub bytes_from_cache: Counter,
     pub bytes_from_origin: Counter,
+    pub bytes_from_peers: Counter,
     pub cache_bytes: Gauge,
     pub cache_entries: Gauge,
     pub stored: Counter,
     pub evictions: Counter,
     pub disk_bytes: Gauge,
+    /// Bytes of hot copies of remote keys (part of `larder_cache_bytes`).
+    pub hot_bytes: Gauge,
     pub disk_writes: Counter,
     pub disk_write_failures: Counter,
     pub disk_loads: Counter,
@@ -85,6 +90,7 @@ impl Metrics {
             forwarded,
             forwarded_outcomes,
             origin_fetches: Counter::default(),
+            peer_fetches: Counter::default(),
             coalesced: Counter::default(),
             peer_forwards: Counter::default(),
             peer_errors: Counter::default(),
@@ -92,11 +98,13 @@ impl Metrics {
             peers_down: Gauge::default(),
             bytes_from_cache: Counter::default(),
             bytes_from_origin: Counter::default(),
+            bytes_from_peers: Counter::default(),
             cache_bytes: Gauge::default(),
             cache_entries: Gauge::default(),
             stored: Counter::default(),
             evictions: Counter::default(),
             disk_bytes: Gauge::default(),
+            hot_bytes: Gauge::default(),
             disk_writes: Counter::default(),
             disk_write_failures: Counter::default(),
             disk_loads: Counter::default(),
@@ -120,6 +128,11 @@ impl Metrics {
             "larder_origin_fetches",
             "Upstream fetches made by the cache",
             m.origin_fetches.clone(),
+        );
+        r.register(
+            "larder_peer_fetches",
+            "Fetches sent to the key's owner peer instead of the origin",
+            m.peer_fetches.clone(),
         );
         r.register(
             "larder_coalesced",
@@ -167,6 +180,11 @@ impl Metrics {
             m.bytes_from_origin.clone(),
         );
         r.register(
+            "larder_bytes_from_peers",
+            "Body bytes received from peers for this node's fetches",
+            m.bytes_from_peers.clone(),
+        );
+        r.register(
             "larder_cache_bytes",
             "Bytes held by the memory tier",
             m.cache_bytes.clone(),
@@ -186,6 +204,11 @@ impl Metrics {
             "larder_disk_bytes",
             "Bytes held by the disk tier",
             m.disk_bytes.clone(),
+        );
+        r.register(
+            "larder_hot_bytes",
+            "Bytes of hot copies of keys other peers own (part of larder_cache_bytes)",
+            m.hot_bytes.clone(),
         );
         r.register(
             "larder_disk_writes",

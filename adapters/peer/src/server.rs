@@ -42,10 +42,10 @@ const REPLAY_CAPACITY: usize = 1 << 20;
 pub struct State {
     pub settings: Settings,
     pub driver: Arc<Driver>,
-    pub health: Health,
     pub metrics: Arc<Metrics>,
-    /// Client for peer-to-peer traffic (members are configured by the operator: unguarded).
-    pub peer_upstream: Upstream,
+    /// Peer traffic (its client, health, hop id and secret): shared with the driver, which
+    /// fetches from peers for the engine.
+    pub peer_link: Arc<PeerLink>,
     /// Where origin connections (and CONNECT tunnels) may go.
     pub guard: Arc<Guard>,
     pub id: String,
@@ -128,13 +128,21 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
     if let Some(disk) = disk {
         driver.attach_disk(disk);
     }
+    let peer_link = Arc::new(PeerLink {
+        upstream: peer_upstream,
+        health: Health::default(),
+        self_id: id.clone(),
+        secret: settings.peer_secret.clone(),
+        timeout: settings.peer_timeout,
+        proxy_path: settings.proxy_path.clone(),
+    });
+    driver.attach_peers(peer_link.clone());
     metrics.peers_up.set(settings.peers.len() as i64);
     let state = Arc::new(State {
         settings,
         driver: driver.clone(),
-        health: Health::default(),
         metrics,
-        peer_upstream,
+        peer_link,
         guard,
         via: HeaderValue::from_str(&format!("1.1 {id}"))
             .unwrap_or(HeaderValue::from_static("1.1 larder")),
@@ -228,7 +236,8 @@ async fn accept_loop(
 async fn probe_down_peers(state: Arc<State>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let down = state.health.down_now();
+        let link = &state.peer_link;
+        let down = link.health.down_now();
         state.metrics.peers_down.set(down.len() as i64);
         state
             .metrics
@@ -238,9 +247,9 @@ async fn probe_down_peers(state: Arc<State>) {
             let req = Request::get(format!("{peer}/healthz"))
                 .body(crate::upstream::empty())
                 .expect("valid");
-            if let Ok(r) = state.peer_upstream.send(req, Duration::from_secs(1)).await {
+            if let Ok(r) = link.upstream.send(req, Duration::from_secs(1)).await {
                 if r.status().is_success() {
-                    state.health.ok(&peer);
+                    link.health.ok(&peer);
                 }
             }
         }
@@ -544,17 +553,10 @@ async fn route(
             }
             ClientEvent::Forward { peers, head } => {
                 state.metrics.peer_forwards.inc();
-                let link = PeerLink {
-                    upstream: &state.peer_upstream,
-                    health: &state.health,
-                    self_id: &state.id,
-                    secret: state.settings.peer_secret.as_deref(),
-                    timeout: state.settings.peer_timeout,
-                    proxy_path: &state.settings.proxy_path,
-                };
                 let metrics = &state.metrics;
                 let target = head.uri.to_string();
-                let got = link
+                let got = state
+                    .peer_link
                     .forward(
                         &peers,
                         &head.method,

@@ -1,5 +1,5 @@
-//! The pooled keep-alive HTTP(S) client used for origins and peers, and the fetch task
-//! that turns one upstream response into engine inputs.
+//! The pooled keep-alive HTTP(S) client used for origins and peers, and the fetch tasks
+//! (from the origin, or from peers) that turn one upstream response into engine inputs.
 
 use crate::driver::Driver;
 use crate::guard::{Guard, GuardedConnector};
@@ -12,6 +12,7 @@ use hyper_util::client::legacy::connect::capture_connection;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use larder_core::engine::UpstreamError;
 use larder_core::{FetchId, Input};
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -199,6 +200,69 @@ pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
             return;
         }
     };
+    let bytes = driver.metrics.bytes_from_origin.clone();
+    feed(&driver, fid, resp, up.idle, &bytes, "origin").await;
+}
+
+/// Runs one engine fetch from peers (`Output::FetchFromPeers`): the request goes to the
+/// first of `peers` that answers, marked and signed like a forwarded one (the owner serves
+/// it itself), and its response is fed to the engine exactly like an origin's. When every
+/// peer failed (or is marked down) before its head: `UpstreamError::Connect`.
+pub async fn fetch_from_peers(
+    driver: Arc<Driver>,
+    fid: FetchId,
+    peers: Vec<String>,
+    parts: request::Parts,
+) {
+    let Some(link) = driver.peers().cloned() else {
+        tracing::warn!(
+            fetch = fid.0,
+            "a fetch from peers, but no peer link: failed"
+        );
+        driver.input(Input::UpstreamError {
+            fetch: fid,
+            error: UpstreamError::Connect,
+        });
+        return;
+    };
+    let metrics = driver.metrics.clone();
+    let target = parts.uri.to_string();
+    let got = link
+        .forward(
+            &peers,
+            &parts.method,
+            &target,
+            &parts.headers,
+            &None,
+            |peer, why| {
+                metrics.peer_errors.inc();
+                tracing::warn!(fetch = fid.0, %peer, "peer failed: {why}; trying the next choice");
+            },
+        )
+        .await;
+    match got {
+        Some(resp) => {
+            let idle = link.upstream.idle;
+            feed(&driver, fid, resp, idle, &metrics.bytes_from_peers, "peer").await;
+        }
+        None => driver.input(Input::UpstreamError {
+            fetch: fid,
+            error: UpstreamError::Connect,
+        }),
+    }
+}
+
+/// Feeds one upstream response (an origin's or a peer's) to the engine: its head, its body
+/// as it arrives, paced by the fill's fastest client, then its end; a body that stalls for
+/// `idle` is `Timeout`, one that breaks off is `Truncated`.
+async fn feed(
+    driver: &Arc<Driver>,
+    fid: FetchId,
+    resp: Response<Incoming>,
+    idle: Duration,
+    bytes: &Counter,
+    from: &str,
+) {
     let (head, mut body) = resp.into_parts();
     driver.input(Input::UpstreamHead { fetch: fid, head });
     // A client this far behind is cut off: replaying a stored fill to a late follower may
@@ -206,7 +270,7 @@ pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
     let detach = driver.with_engine(|e| e.config().policy.max_object_size) as usize
         + crate::driver::BACKLOG_LIMIT;
     loop {
-        match tokio::time::timeout(up.idle, body.frame()).await {
+        match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => {
                 driver.input(Input::UpstreamError {
                     fetch: fid,
@@ -219,7 +283,7 @@ pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
                 return;
             }
             Ok(Some(Err(e))) => {
-                tracing::debug!(fetch = fid.0, "origin body: {}", describe(&e));
+                tracing::debug!(fetch = fid.0, "{from} body: {}", describe(&e));
                 driver.input(Input::UpstreamError {
                     fetch: fid,
                     error: UpstreamError::Truncated,
@@ -229,9 +293,9 @@ pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
             Ok(Some(Ok(frame))) => {
                 if let Ok(chunk) = frame.into_data() {
                     if !chunk.is_empty() {
-                        driver.metrics.bytes_from_origin.inc_by(chunk.len() as u64);
+                        bytes.inc_by(chunk.len() as u64);
                         if !driver.input_body(fid, chunk) {
-                            driver.pace(fid, up.idle, detach).await;
+                            driver.pace(fid, idle, detach).await;
                         }
                     }
                 }

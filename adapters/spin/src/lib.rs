@@ -364,6 +364,13 @@ impl Edge {
             } => self.forward(key, peers, head).await,
             Output::Pass { status, head, .. } => self.pass(status, head).await,
             Output::Fetch { fetch, request } => self.fetch(fetch, request).await,
+            // Only an engine with a hot cache of remote keys asks its peers, and this one has
+            // none; were it to, the fetch fails at once (the engine then serves its clients
+            // itself) rather than leave them waiting.
+            Output::FetchFromPeers { fetch, .. } => self.input(Input::UpstreamError {
+                fetch,
+                error: UpstreamError::Connect,
+            }),
             Output::CancelFetch { fetch } => self.fetches.retain(|(f, _)| *f != fetch),
             Output::Write {
                 entry: id,

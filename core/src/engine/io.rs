@@ -245,6 +245,20 @@ pub enum Output {
         /// The request to send as it is (the engine added validators or `Range` itself).
         request: request::Parts,
     },
+    /// Like `Fetch`, but ask the peers, in order, instead of the origin: the request goes to
+    /// `peers[0]` marked as peer traffic (so it is served there, never forwarded again), and
+    /// to the next when one fails before its head. Its answer is reported with the same
+    /// inputs as an origin fetch; when every peer failed, report `UpstreamError::Connect`
+    /// (the engine then serves its clients itself). Emitted only when the engine has a hot
+    /// cache of remote keys (`Config::hot_memory`).
+    FetchFromPeers {
+        /// Names this fetch in the inputs that answer it.
+        fetch: FetchId,
+        /// Peer ids to try, best first.
+        peers: Vec<String>,
+        /// The request to send (URI absolute and normalized).
+        request: request::Parts,
+    },
     /// Nobody needs this fetch any more: stop it and send no further inputs for it.
     CancelFetch {
         /// The fetch to stop.

@@ -9,6 +9,7 @@ mod deadlines;
 mod flights;
 mod hit_for_miss;
 mod io;
+mod popularity;
 mod respond;
 mod segment_index;
 mod store;
@@ -31,6 +32,7 @@ use flights::{Flights, Release};
 use hashbrown::HashMap;
 use hit_for_miss::HitForMiss;
 use http::{Method, StatusCode, header, request, response};
+use popularity::Popularity;
 use segment_index::SegmentIndex;
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
@@ -65,6 +67,15 @@ pub struct Config {
     /// restarts and (in Spin) across instances: give the start time in nanoseconds, or a
     /// random number.
     pub first_entry_id: u64,
+    /// Bytes of `memory` for hot copies of keys other peers own (groupcache's hot cache);
+    /// 0: none. A remote key asked for `hot_after` times within `hot_window` is fetched
+    /// from its owner through this peer (`Output::FetchFromPeers`) and kept, within its
+    /// freshness; until then requests are forwarded.
+    pub hot_memory: u64,
+    /// Requests for a remote key, within `hot_window`, that earn it a hot copy.
+    pub hot_after: u32,
+    /// The window `hot_after` is counted in.
+    pub hot_window: Duration,
 }
 
 impl Default for Config {
@@ -82,6 +93,9 @@ impl Default for Config {
             disk: 0,
             disk_clean_to: 0,
             first_entry_id: 0,
+            hot_memory: 0,
+            hot_after: 3,
+            hot_window: Duration::from_secs(60),
         }
     }
 }
@@ -163,8 +177,14 @@ impl Client {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FetchKind {
     Fill,
-    Revalidate { variant: EntryId },
-    Segment { index: u64 },
+    Revalidate {
+        variant: EntryId,
+    },
+    Segment {
+        index: u64,
+    },
+    /// A whole response from the key's owner, for this peer's hot copy.
+    Remote,
 }
 
 #[derive(Debug)]
@@ -210,6 +230,8 @@ pub struct Engine {
     /// When waiting followers give up on their flight.
     deadlines: Deadlines,
     hit_for_miss: HitForMiss,
+    /// Requests for remote keys, to pick the ones worth a hot copy.
+    popularity: Popularity,
     /// Unsafe requests passed upstream, waiting for their status to invalidate.
     unsafe_passes: HashMap<ClientId, CacheKey>,
     /// Disk loads under way, and the key each one is for.
@@ -243,6 +265,7 @@ impl Engine {
             ring: PeerSelection::new(config.ring, &config.peers),
             store: Store::new(
                 config.memory,
+                config.hot_memory,
                 config.policy.max_object_size,
                 config.disk,
                 if config.disk_clean_to == 0 {
@@ -260,6 +283,7 @@ impl Engine {
             flights: Flights::default(),
             deadlines: Deadlines::default(),
             hit_for_miss: HitForMiss::default(),
+            popularity: Popularity::default(),
             unsafe_passes: HashMap::new(),
             loads: HashMap::new(),
             parked: HashMap::new(),
@@ -283,6 +307,11 @@ impl Engine {
     /// Bytes the memory tier holds (bodies and the metadata of hot entries).
     pub fn stored_bytes(&self) -> u64 {
         self.store.memory_bytes()
+    }
+
+    /// Bytes of hot copies of keys other peers own (part of [`Engine::stored_bytes`]).
+    pub fn hot_bytes(&self) -> u64 {
+        self.store.remote_bytes()
     }
 
     /// Bytes the disk tier holds.
@@ -398,11 +427,19 @@ impl Engine {
                 if prefs.first().is_some_and(|owner| *owner != me) {
                     // Only peers ranked above this node: if they all fail, this node is the
                     // next choice itself. A node outside the ring tries every member.
-                    let peers = prefs
+                    let peers: Vec<String> = prefs
                         .into_iter()
                         .take_while(|p| *p != me)
                         .map(str::to_owned)
                         .collect();
+                    let (head, key, peers) = if self.store.keeps_remote() {
+                        match self.remote_lookup(cid, head, key, peers) {
+                            Some(declined) => declined,
+                            None => return,
+                        }
+                    } else {
+                        (head, key, peers)
+                    };
                     self.outputs.push_back(Output::Forward {
                         client: cid,
                         key,
@@ -646,6 +683,18 @@ impl Engine {
         sent: request::Parts,
         kind: FetchKind,
     ) -> FetchId {
+        self.start_fetch_via(key, object_key, sent, kind, None)
+    }
+
+    /// A fetch from the origin, or from these peers in order when `peers` is given.
+    fn start_fetch_via(
+        &mut self,
+        key: CacheKey,
+        object_key: CacheKey,
+        sent: request::Parts,
+        kind: FetchKind,
+        peers: Option<Vec<String>>,
+    ) -> FetchId {
         let fid = FetchId(self.next_fetch);
         self.next_fetch += 1;
         let request = crate::heads::clone_request(&sent);
@@ -669,11 +718,81 @@ impl Engine {
                 retried: false,
             },
         );
-        self.outputs.push_back(Output::Fetch {
-            fetch: fid,
-            request,
+        self.outputs.push_back(match peers {
+            None => Output::Fetch {
+                fetch: fid,
+                request,
+            },
+            Some(peers) => Output::FetchFromPeers {
+                fetch: fid,
+                peers,
+                request,
+            },
         });
         fid
+    }
+
+    /// A request for a key other peers own, on a peer that keeps hot copies: answered from
+    /// a fresh hot copy; or, for a key asked for often, fetched from the owner through this
+    /// peer and kept; otherwise handed back, to be forwarded.
+    fn remote_lookup(
+        &mut self,
+        cid: ClientId,
+        head: request::Parts,
+        key: CacheKey,
+        peers: Vec<String>,
+    ) -> Option<(request::Parts, CacheKey, Vec<String>)> {
+        if !policy::is_cacheable_method(&head.method) {
+            if policy::invalidates(&head.method) {
+                // The owner answers it straight to the client: the hot copy goes now.
+                self.invalidate(&key);
+            }
+            return Some((head, key, peers));
+        }
+        let pq = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        if self.passthrough.iter().any(|r| r.is_match(pq)) {
+            return Some((head, key, peers));
+        }
+        let ids: Vec<EntryId> = self.store.variants(&key).iter().rev().copied().collect();
+        for id in ids {
+            let Some(entry) = self.store.hot(id) else {
+                continue;
+            };
+            if let Reuse::Fresh = self.policy.reuse(&entry.stored, &head, self.now) {
+                let mut status = CacheStatus::hit(entry.stored.ttl(self.now).as_secs() as i64);
+                status.detail = Some("hot");
+                self.store.touch(id);
+                self.clients.insert(cid, Client::new(head, key));
+                self.answer_from_entry(cid, id, status);
+                return None;
+            }
+        }
+        let (window, after) = (self.config.hot_window, self.config.hot_after);
+        // Not for keys whose answers could not be kept (hit-for-miss): forwarded as ever.
+        if self.popularity.seen(&key, self.now, window) < after
+            || self.hit_for_miss.is_marked(&key, self.now)
+        {
+            return Some((head, key, peers));
+        }
+        let client = Client::new(head, key.clone());
+        let mut client = self.join_flight(cid, client, &key)?;
+        let sent = policy::fill_request(&client.req);
+        let fid = self.start_fetch_via(
+            key.clone(),
+            key.clone(),
+            sent,
+            FetchKind::Remote,
+            Some(peers),
+        );
+        client.phase = Phase::Waiting(fid);
+        self.clients.insert(cid, client);
+        self.fetches
+            .get_mut(&fid)
+            .expect("just made")
+            .clients
+            .push(cid);
+        self.flights.lead(key, fid);
+        None
     }
 
     /// An unsafe request got a non-error answer: invalidate its target, and the
@@ -869,6 +988,36 @@ impl Engine {
         });
     }
 
+    /// Keeps a hot copy of a remote key's response (memory only, in its own budget).
+    fn store_remote(
+        &mut self,
+        key: CacheKey,
+        stored: Stored,
+        head: response::Parts,
+        body: Bytes,
+    ) -> bool {
+        let id = self.store.next_id();
+        let hot = Hot {
+            stored,
+            head,
+            total: None,
+            body_len: body.len() as u64,
+        };
+        let mut changes = Vec::new();
+        let kept = self.store.insert_remote(id, key.clone(), hot, &mut changes);
+        self.apply(changes);
+        if kept {
+            self.outputs.push_back(Output::Write {
+                entry: id,
+                tier: Tier::Memory,
+                key,
+                meta: Bytes::new(),
+                body,
+            });
+        }
+        kept
+    }
+
     /// Stores a complete response in the tiers that take it.
     fn store_response(
         &mut self,
@@ -1058,7 +1207,7 @@ impl Engine {
                     }
                 }
             }
-            FetchKind::Fill => {}
+            FetchKind::Fill | FetchKind::Remote => {}
         }
         // RFC 9112 §6.3: a Content-Length that is not one valid number cannot frame the
         // body; relaying it would end a response at a length its head contradicts.
@@ -1188,7 +1337,11 @@ impl Engine {
                 FetchKind::Segment { .. } => f.total,
                 _ => None,
             };
-            let kept = self.store_response(f.key.clone(), stored, &f.sent, head, body, total);
+            let kept = if f.kind == FetchKind::Remote {
+                self.store_remote(f.key.clone(), stored, head, body)
+            } else {
+                self.store_response(f.key.clone(), stored, &f.sent, head, body, total)
+            };
             if let (true, FetchKind::Segment { index }) = (kept, f.kind) {
                 self.segments.add(SegmentKey {
                     object: f.object_key.clone(),
@@ -1209,6 +1362,17 @@ impl Engine {
         let Some(f) = self.fetches.get(&fid) else {
             return;
         };
+        if f.head.is_none() && f.kind == FetchKind::Remote {
+            // No peer answered: serve the clients here, as a forward that failed would be.
+            let clients = f.clients.clone();
+            self.drop_fetch(fid, false);
+            for cid in clients {
+                if let Some(c) = self.take_client(cid) {
+                    self.lookup(cid, c.req, Route::Local, false);
+                }
+            }
+            return;
+        }
         if f.head.is_none() {
             if let FetchKind::Revalidate { variant } = f.kind {
                 if self.serve_stale_on_error(fid, variant, "stale-if-error", false) {
@@ -1442,7 +1606,7 @@ impl Engine {
     /// Keys the engine remembers outside the store (hit-for-miss marks, segment indexes):
     /// bounded, whatever the traffic.
     pub fn remembered_keys(&self) -> usize {
-        self.hit_for_miss.len() + self.segments.len()
+        self.hit_for_miss.len() + self.segments.len() + self.popularity.len()
     }
 
     /// Seconds an entry is past its freshness (0 while fresh), for `Cache-Status: ttl=-N`.

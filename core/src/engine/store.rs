@@ -32,6 +32,8 @@ pub struct Slot {
     pub in_memory: bool,
     /// Bytes in the disk tier (in the disk LRU exactly when present).
     pub on_disk: Option<u64>,
+    /// A hot copy of a key another peer owns: weighed in the remote LRU, never on disk.
+    pub remote: bool,
 }
 
 /// What the tiers must do after an index change.
@@ -52,6 +54,9 @@ pub struct Store {
     variants: HashMap<CacheKey, Vec<EntryId>>,
     slots: HashMap<EntryId, Slot>,
     memory: Lru<EntryId>,
+    /// Hot copies of remote keys (groupcache's `hotCache`), with a budget of their own so
+    /// popular remote keys cannot push out what this peer owns.
+    remote: Lru<EntryId>,
     disk: Lru<EntryId>,
     /// Disk eviction runs from the high watermark (the LRU's capacity) down to this.
     disk_clean_to: u64,
@@ -75,12 +80,22 @@ fn weigh(key: &CacheKey, hot: &Hot, with_body: bool) -> u64 {
 }
 
 impl Store {
-    /// `memory` and `disk` budgets in bytes (disk 0: no disk tier); ids start at `first_id`.
-    pub fn new(memory: u64, max_object: u64, disk: u64, disk_clean_to: u64, first_id: u64) -> Self {
+    /// `memory` and `disk` budgets in bytes (disk 0: no disk tier); `remote` of `memory`
+    /// is for hot copies of remote keys; ids start at `first_id`.
+    pub fn new(
+        memory: u64,
+        remote: u64,
+        max_object: u64,
+        disk: u64,
+        disk_clean_to: u64,
+        first_id: u64,
+    ) -> Self {
+        let remote = remote.min(memory);
         Store {
             variants: HashMap::new(),
             slots: HashMap::new(),
-            memory: Lru::new(memory, max_object + 64 * 1024),
+            memory: Lru::new(memory - remote, max_object + 64 * 1024),
+            remote: Lru::new(remote, max_object + 64 * 1024),
             disk: Lru::new(disk, disk),
             disk_clean_to: disk_clean_to.min(disk),
             next_id: first_id,
@@ -141,14 +156,26 @@ impl Store {
     }
 
     pub fn touch(&mut self, id: EntryId) {
-        self.memory.touch(&id);
+        if !self.memory.touch(&id) && self.remote.capacity() > 0 {
+            self.remote.touch(&id);
+        }
         if self.has_disk() {
             self.disk.touch(&id);
         }
     }
 
     pub fn memory_bytes(&self) -> u64 {
-        self.memory.weight()
+        self.memory.weight() + self.remote.weight()
+    }
+
+    /// Bytes of hot copies of remote keys (part of [`Store::memory_bytes`]).
+    pub fn remote_bytes(&self) -> u64 {
+        self.remote.weight()
+    }
+
+    /// Whether hot copies of remote keys are kept at all.
+    pub fn keeps_remote(&self) -> bool {
+        self.remote.capacity() > 0
     }
 
     pub fn disk_bytes(&self) -> u64 {
@@ -192,6 +219,39 @@ impl Store {
         }
         self.cap_variants(&key, out);
         (in_memory, on_disk)
+    }
+
+    /// Adds a hot copy of a remote key: memory only, in the remote budget. Replaces variants
+    /// with the same Vary selection. False when it does not fit.
+    pub fn insert_remote(
+        &mut self,
+        id: EntryId,
+        key: CacheKey,
+        hot: Hot,
+        out: &mut Vec<Change>,
+    ) -> bool {
+        let same: Vec<EntryId> = self
+            .variants(&key)
+            .iter()
+            .copied()
+            .filter(|v| {
+                self.hot(*v)
+                    .is_some_and(|h| h.stored.vary() == hot.stored.vary())
+            })
+            .collect();
+        for v in same {
+            self.remove(v, out);
+        }
+        self.add_slot(id, &key);
+        if let Some(s) = self.slots.get_mut(&id) {
+            s.remote = true;
+        }
+        if !self.admit_hot(id, hot, true, out) {
+            self.remove(id, out);
+            return false;
+        }
+        self.cap_variants(&key, out);
+        true
     }
 
     /// Indexes an entry the disk tier holds (cold). False when the disk budget refuses it.
@@ -241,6 +301,7 @@ impl Store {
     /// Removes one entry from every tier.
     pub fn remove(&mut self, id: EntryId, out: &mut Vec<Change>) {
         self.memory.remove(&id);
+        self.remote.remove(&id);
         self.disk.remove(&id);
         let Some(s) = self.slots.remove(&id) else {
             return;
@@ -284,6 +345,7 @@ impl Store {
                 hot: None,
                 in_memory: false,
                 on_disk: None,
+                remote: false,
             },
         );
         self.variants.entry(key.clone()).or_default().push(id);
@@ -291,7 +353,7 @@ impl Store {
 
     /// Hot in the memory LRU; the body too when `with_body` and it fits.
     fn admit_hot(&mut self, id: EntryId, hot: Hot, with_body: bool, out: &mut Vec<Change>) -> bool {
-        let Some(key) = self.slots.get(&id).map(|s| s.key.clone()) else {
+        let Some((key, remote)) = self.slots.get(&id).map(|s| (s.key.clone(), s.remote)) else {
             return false;
         };
         let mut attempts = if with_body {
@@ -303,7 +365,12 @@ impl Store {
         while let Some(body) = attempts.first().copied() {
             attempts.remove(0);
             let weight = weigh(&key, hot.as_ref().expect("kept"), body);
-            match self.memory.admit(id, weight) {
+            let lru = if remote {
+                &mut self.remote
+            } else {
+                &mut self.memory
+            };
+            match lru.admit(id, weight) {
                 Admission::TooLarge { .. } => continue,
                 Admission::Admitted { evicted } => {
                     let s = self.slots.get_mut(&id).expect("checked");
@@ -355,6 +422,7 @@ impl Store {
     /// Out of the memory tier: metadata dropped, body freed; still indexed if on disk.
     fn cool(&mut self, id: EntryId, out: &mut Vec<Change>) {
         self.memory.remove(&id);
+        self.remote.remove(&id);
         let Some(s) = self.slots.get_mut(&id) else {
             return;
         };

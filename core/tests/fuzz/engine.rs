@@ -61,6 +61,8 @@ pub struct Cfg {
     hit_for_miss: u64,
     cluster: bool,
     passthrough: bool,
+    /// A hot cache of remote keys (in a cluster): popular keys are fetched from peers.
+    hot: bool,
     start: SystemTime,
 }
 
@@ -140,7 +142,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
         any::<bool>(),
         select(&[0u64, 1, 5, 100_000][..]),
         select(&[0u64, 1, 120][..]),
-        (any::<bool>(), proptest::bool::weighted(0.1)),
+        (any::<bool>(), proptest::bool::weighted(0.1), any::<bool>()),
         hostile::instant(),
     )
         .prop_map(
@@ -152,7 +154,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
                 shared,
                 collapse,
                 hit_for_miss,
-                (cluster, passthrough),
+                (cluster, passthrough, hot),
                 start,
             )| Cfg {
                 memory,
@@ -165,6 +167,7 @@ fn cfg() -> impl Strategy<Value = Cfg> {
                 hit_for_miss,
                 cluster,
                 passthrough,
+                hot,
                 start,
             },
         )
@@ -343,6 +346,12 @@ impl Driver {
                 Vec::new()
             },
             disk: cfg.disk,
+            hot_memory: if cfg.cluster && cfg.hot {
+                cfg.memory / 4
+            } else {
+                0
+            },
+            hot_after: 2,
             ..Config::default()
         };
         let mut objects: Vec<Option<CacheKey>> = Vec::new();
@@ -552,7 +561,14 @@ impl Driver {
                     c.handed_off = true;
                     c.passed_unsafe = !matches!(head.method.as_str(), "GET" | "HEAD");
                 }
-                Output::Fetch { fetch, request } => {
+                Output::FetchFromPeers { peers, .. }
+                    if peers.is_empty() || peers.iter().any(|p| p == PEERS[0]) =>
+                {
+                    return Err(fail(format!("bad FetchFromPeers: {peers:?}")));
+                }
+                // From a peer or from the origin, the answer is scripted alike.
+                Output::Fetch { fetch, request }
+                | Output::FetchFromPeers { fetch, request, .. } => {
                     if self.fetches.contains_key(&fetch) || self.finished.contains(&fetch) {
                         return Err(fail(format!("fetch id {fetch:?} reused")));
                     }

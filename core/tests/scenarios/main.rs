@@ -10,6 +10,7 @@ mod sim;
 mod coalescing;
 mod freshness;
 mod hits;
+mod hot_cache;
 mod invalidation;
 mod ranges;
 mod routing;

@@ -135,6 +135,13 @@ pub struct Sim {
     /// Loads answered with `LoadFailed` whatever the disk holds (a read error).
     pub failing_loads: bool,
     configs: Vec<Config>,
+    /// Requests a peer serves for another's `FetchFromPeers`: the serving peer's client id
+    /// → (the asking peer, its fetch, the serving peer).
+    relays: HashMap<ClientId, (usize, FetchId, usize)>,
+    /// Every `FetchFromPeers`: (asking peer, peer asked).
+    pub peer_fetches: Vec<(usize, usize)>,
+    /// Peers that refuse peer connections (a `FetchFromPeers` skips them).
+    pub down: Vec<usize>,
 }
 
 pub fn t0() -> SystemTime {
@@ -184,6 +191,9 @@ impl Sim {
             disk: (0..n).map(|_| HashMap::new()).collect(),
             failing_loads: false,
             configs,
+            relays: HashMap::new(),
+            peer_fetches: Vec::new(),
+            down: Vec::new(),
         }
     }
 
@@ -277,6 +287,78 @@ impl Sim {
             match out {
                 Output::Respond {
                     client, head, body, ..
+                } if self.relays.contains_key(&client) => {
+                    let (from, fetch, _) = self.relays[&client];
+                    self.input(from, Input::UpstreamHead { fetch, head });
+                    let bytes = match body {
+                        ResponseBody::Stream => continue,
+                        ResponseBody::Empty => Some(Bytes::new()),
+                        ResponseBody::Full(b) => Some(b),
+                        ResponseBody::Stored(stored) => match stored.tier {
+                            Tier::Memory => self.memory[at].read(&stored),
+                            Tier::Disk => self.disk[at].get(&stored.entry).and_then(|rec| {
+                                let (_, body) = entry::decode(rec).ok()?;
+                                larder_core::storage::assemble(&body, &stored.pieces)
+                            }),
+                        },
+                    };
+                    self.relays.remove(&client);
+                    match bytes {
+                        Some(b) => {
+                            if !b.is_empty() {
+                                self.input(from, Input::UpstreamBody { fetch, chunk: b });
+                            }
+                            self.input(from, Input::UpstreamEnd { fetch });
+                        }
+                        None => {
+                            let error = UpstreamError::Truncated;
+                            self.input(from, Input::UpstreamError { fetch, error });
+                        }
+                    }
+                }
+                Output::Body { client, chunk } if self.relays.contains_key(&client) => {
+                    let (from, fetch, _) = self.relays[&client];
+                    self.input(from, Input::UpstreamBody { fetch, chunk });
+                }
+                Output::End { client } if self.relays.contains_key(&client) => {
+                    let (from, fetch, _) = self.relays.remove(&client).expect("checked");
+                    self.input(from, Input::UpstreamEnd { fetch });
+                }
+                Output::Abort { client } if self.relays.contains_key(&client) => {
+                    let (from, fetch, _) = self.relays.remove(&client).expect("checked");
+                    let error = UpstreamError::Truncated;
+                    self.input(from, Input::UpstreamError { fetch, error });
+                }
+                Output::FetchFromPeers {
+                    fetch,
+                    peers,
+                    request,
+                } => {
+                    let target = peers
+                        .iter()
+                        .filter_map(|p| self.peers.iter().position(|q| q == p))
+                        .find(|i| !self.down.contains(i));
+                    let Some(target) = target else {
+                        let error = UpstreamError::Connect;
+                        self.input(at, Input::UpstreamError { fetch, error });
+                        continue;
+                    };
+                    self.peer_fetches.push((at, target));
+                    self.next_client += 1;
+                    let client = ClientId(u64::MAX / 2 + self.next_client);
+                    self.relays.insert(client, (at, fetch, target));
+                    // Served where it lands, as peer traffic.
+                    self.input(
+                        target,
+                        Input::Request {
+                            client,
+                            head: request,
+                            route: Route::Local,
+                        },
+                    );
+                }
+                Output::Respond {
+                    client, head, body, ..
                 } => {
                     let r = self.results.get_mut(&client).expect("known client");
                     assert!(r.head.is_none(), "two heads for {client:?}");
@@ -367,6 +449,16 @@ impl Sim {
                     self.pending.push_back((at, fetch, request));
                 }
                 Output::CancelFetch { fetch } => {
+                    let relayed: Vec<(ClientId, usize)> = self
+                        .relays
+                        .iter()
+                        .filter(|(_, (from, f, _))| *from == at && *f == fetch)
+                        .map(|(c, (_, _, target))| (*c, *target))
+                        .collect();
+                    for (client, target) in relayed {
+                        self.relays.remove(&client);
+                        self.input(target, Input::ClientGone { client });
+                    }
                     self.cancelled.push((at, fetch));
                     self.pending.retain(|(a, f, _)| !(*a == at && *f == fetch));
                 }

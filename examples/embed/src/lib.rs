@@ -159,6 +159,18 @@ pub fn serve_connection(
     while let Some(o) = queue.pop_front() {
         match o {
             Output::Fetch { fetch: id, request } => queue.extend(fetch(engine, id, &request)),
+            // A single node has no peers to ask: the fetch fails, and the engine serves its
+            // clients itself (it asks only with a hot cache of remote keys, never here).
+            Output::FetchFromPeers { fetch: id, .. } => {
+                engine.handle_input(
+                    SystemTime::now(),
+                    Input::UpstreamError {
+                        fetch: id,
+                        error: larder_core::engine::UpstreamError::Connect,
+                    },
+                );
+                queue.extend(std::iter::from_fn(|| engine.poll_output()));
+            }
             // `outcome` (hit, miss, error ...) is what a runtime counts in its metrics.
             Output::Respond {
                 client: c,
