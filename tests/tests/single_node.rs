@@ -491,7 +491,7 @@ async fn metrics_count_outcomes() {
         "{m}"
     );
     assert!(m.contains("larder_origin_fetches_total 1"), "{m}");
-    assert!(m.contains("larder_cache_entries 1"), "{m}");
+    assert!(m.contains("larder_cache_entries{tier=\"memory\"} 1"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -391,16 +391,14 @@ impl Driver {
             *due = next;
             changed
         });
-        self.metrics
-            .cache_bytes
-            .set(inner.engine.stored_bytes() as i64);
-        self.metrics
-            .cache_entries
-            .set(inner.engine.stored_entries() as i64);
-        self.metrics
-            .disk_bytes
-            .set(inner.engine.disk_bytes() as i64);
-        self.metrics.hot_bytes.set(inner.engine.hot_bytes() as i64);
+        let m = &self.metrics;
+        let e = &inner.engine;
+        m.cache_bytes.memory.set(e.stored_bytes() as i64);
+        m.cache_bytes.disk.set(e.disk_bytes() as i64);
+        m.cache_entries.memory.set(e.memory_entries() as i64);
+        m.cache_entries.disk.set(e.disk_entries() as i64);
+        m.disk_bytes.set(e.disk_bytes() as i64);
+        m.hot_bytes.set(e.hot_bytes() as i64);
         self.metrics
             .disk_resting
             .set(inner.engine.disk_resting() as i64);

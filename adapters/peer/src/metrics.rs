@@ -50,8 +50,11 @@ pub struct Metrics {
     pub bytes_from_cache: Counter,
     pub bytes_from_origin: Counter,
     pub bytes_from_peers: Counter,
-    pub cache_bytes: Gauge,
-    pub cache_entries: Gauge,
+    /// `larder_cache_bytes{tier="memory"}` and `{tier="disk"}`: where the cluster's bytes
+    /// are, peer by peer.
+    pub cache_bytes: TierGauges,
+    /// `larder_cache_entries{tier=...}`.
+    pub cache_entries: TierGauges,
     pub stored: Counter,
     pub evictions: Counter,
     pub disk_bytes: Gauge,
@@ -99,8 +102,8 @@ impl Metrics {
             bytes_from_cache: Counter::default(),
             bytes_from_origin: Counter::default(),
             bytes_from_peers: Counter::default(),
-            cache_bytes: Gauge::default(),
-            cache_entries: Gauge::default(),
+            cache_bytes: TierGauges::default(),
+            cache_entries: TierGauges::default(),
             stored: Counter::default(),
             evictions: Counter::default(),
             disk_bytes: Gauge::default(),
@@ -175,24 +178,24 @@ impl Metrics {
             m.bytes_from_cache.clone(),
         );
         r.register(
-            "larder_bytes_from_origin",
+            "larder_origin_bytes",
             "Body bytes received from origins",
             m.bytes_from_origin.clone(),
         );
         r.register(
-            "larder_bytes_from_peers",
+            "larder_peer_bytes",
             "Body bytes received from peers for this node's fetches",
             m.bytes_from_peers.clone(),
         );
         r.register(
             "larder_cache_bytes",
-            "Bytes held by the memory tier",
-            m.cache_bytes.clone(),
+            "Bytes held, by tier (memory: bodies and metadata; disk: records)",
+            m.cache_bytes.family.clone(),
         );
         r.register(
             "larder_cache_entries",
-            "Entries held by the memory tier",
-            m.cache_entries.clone(),
+            "Entries held, by tier (an entry on disk with its metadata in memory counts in both)",
+            m.cache_entries.family.clone(),
         );
         r.register("larder_stored", "Responses stored", m.stored.clone());
         r.register(
@@ -292,5 +295,29 @@ mod tests {
         assert_eq!(value(&m, "larder_forwarded_total{outcome=\"stale\"}"), 1);
         assert_eq!(value(&m, "larder_forwarded_total{outcome=\"hit\"}"), 0);
         assert_eq!(value(&m, "larder_coalesced_total"), 1);
+    }
+}
+
+/// One gauge per storage tier, in one labelled family; the handles are made once (no label
+/// lookup when they are set after every input).
+#[derive(Clone)]
+pub struct TierGauges {
+    family: Family<Labels, Gauge>,
+    /// `tier="memory"`.
+    pub memory: Gauge,
+    /// `tier="disk"`.
+    pub disk: Gauge,
+}
+
+impl Default for TierGauges {
+    fn default() -> Self {
+        let family: Family<Labels, Gauge> = Family::default();
+        let memory = family.get_or_create(&vec![("tier", "memory")]).clone();
+        let disk = family.get_or_create(&vec![("tier", "disk")]).clone();
+        TierGauges {
+            family,
+            memory,
+            disk,
+        }
     }
 }

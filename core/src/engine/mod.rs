@@ -314,6 +314,16 @@ impl Engine {
         self.store.remote_bytes()
     }
 
+    /// Entries whose metadata is in memory (with or without their body).
+    pub fn memory_entries(&self) -> usize {
+        self.store.memory_entries()
+    }
+
+    /// Entries the disk tier holds.
+    pub fn disk_entries(&self) -> usize {
+        self.store.disk_entries()
+    }
+
     /// Bytes the disk tier holds.
     pub fn disk_bytes(&self) -> u64 {
         self.store.disk_bytes()

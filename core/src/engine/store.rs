@@ -168,6 +168,16 @@ impl Store {
         self.memory.weight() + self.remote.weight()
     }
 
+    /// Entries whose metadata is in memory (own and remote).
+    pub fn memory_entries(&self) -> usize {
+        self.memory.len() + self.remote.len()
+    }
+
+    /// Entries in the disk tier.
+    pub fn disk_entries(&self) -> usize {
+        self.disk.len()
+    }
+
     /// Bytes of hot copies of remote keys (part of [`Store::memory_bytes`]).
     pub fn remote_bytes(&self) -> u64 {
         self.remote.weight()
