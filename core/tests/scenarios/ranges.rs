@@ -121,3 +121,61 @@ fn evicted_segments_leave_the_segment_index() {
     assert!(s.evicted.iter().any(|(_, k, _)| k.ends_with("#seg=0")));
     assert_eq!(s.engines[0].remembered_keys(), 0);
 }
+
+/// Issue 10: each segment of a large object has its own owner on the ring, so range
+/// requests for its segments spread over the cluster; segment 0 stays with the object's
+/// owner. Requests for one segment from every peer make one origin range request.
+#[test]
+fn segments_are_spread_over_the_cluster_and_fetched_once_each() {
+    let big: String = (0..1000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let body = big.clone();
+    let config = Config {
+        segment_size: Some(100),
+        ..Config::default()
+    };
+    let mut s = Sim::new(3, config, move |_, _| fresh(&body));
+    let owner = |s: &Sim, key: &str| {
+        let o = s.engines[0]
+            .ring()
+            .owner(key.as_bytes())
+            .unwrap()
+            .to_owned();
+        s.peers.iter().position(|p| *p == o).unwrap()
+    };
+    let mut holders = std::collections::BTreeSet::new();
+    for index in 0..10usize {
+        let range = format!("bytes={}-{}", index * 100 + 5, index * 100 + 14);
+        for entry in 0..3 {
+            let id = s.send(entry, "GET", URL, &[("range", &range)]);
+            s.run();
+            let r = &s.results[&id];
+            assert_eq!(r.status(), 206);
+            assert_eq!(r.text(), &big[index * 100 + 5..index * 100 + 15]);
+            let placed = if index == 0 {
+                URL.to_owned()
+            } else {
+                format!("{URL}#seg={index}")
+            };
+            assert_eq!(r.served_by, Some(owner(&s, &placed)), "segment {index}");
+            holders.insert(owner(&s, &placed));
+        }
+    }
+    assert_eq!(s.origin_hits(), 10, "one range request per segment");
+    for (at, key, _) in &s.stored {
+        let index: usize = key
+            .rsplit_once("#seg=")
+            .map_or(0, |(_, i)| i.parse().unwrap());
+        let placed = if index == 0 {
+            URL.to_owned()
+        } else {
+            key.clone()
+        };
+        assert_eq!(*at, owner(&s, &placed), "{key} stored by its owner");
+    }
+    assert!(
+        holders.len() > 1,
+        "ten segments over three peers use more than one"
+    );
+}
