@@ -421,3 +421,49 @@ async fn a_popular_remote_key_is_served_by_the_entry_peer_itself() {
             .contains("detail=hot")
     );
 }
+
+/// Issue 10, the spread: range requests for the segments of a 20 MiB object, made at every
+/// peer, are served by each segment's owner; every peer ends up holding some of the bytes,
+/// and the origin sees one range request per segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_of_a_large_object_spread_over_three_peers() {
+    const MIB: usize = 1 << 20;
+    let body: &'static [u8] = Box::leak(
+        (0..20 * MIB)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into_boxed_slice(),
+    );
+    let origin = Origin::start(move |_, _| {
+        Reply::ok(
+            bytes::Bytes::from_static(body),
+            &[("cache-control", "max-age=600"), ("etag", "\"big\"")],
+        )
+    })
+    .await;
+    let c = cluster(3, |_| {}).await;
+    let url = origin.url("/big.iso");
+    for index in 0..10usize {
+        let (a, b) = (index * 2 * MIB + 10, index * 2 * MIB + 1000);
+        for peer in &c {
+            let range = format!("bytes={a}-{b}");
+            let r = send(peer.addr, "GET", &url, &[("range", range.as_str())])
+                .await
+                .unwrap();
+            assert_eq!(r.status, 206);
+            assert_eq!(r.body.as_ref(), &body[a..=b]);
+        }
+    }
+    assert_eq!(origin.hits(), 10, "one range request per segment");
+    let held: Vec<f64> = c
+        .iter()
+        .map(|r| metric(r, "larder_cache_bytes{tier=\"memory\"}"))
+        .collect();
+    let total: f64 = held.iter().sum();
+    assert!(total >= (20 * MIB) as f64, "{held:?}");
+    // Ten segments over three peers all on one: 3 * (1/3)^10, about 5e-5.
+    assert!(
+        held.iter().filter(|b| **b >= (2 * MIB) as f64).count() >= 2,
+        "the bytes are spread: {held:?}"
+    );
+}
