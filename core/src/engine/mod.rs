@@ -433,9 +433,7 @@ impl Engine {
         }
         if route == Route::ByRing {
             if let Some(me) = self.config.self_id.as_deref() {
-                let segment = self.segment_placement(&key, &head);
-                let placed = segment.as_ref().unwrap_or(&key);
-                let prefs = self.ring.preference(placed.as_bytes());
+                let prefs = self.ring.preference(key.as_bytes());
                 if prefs.first().is_some_and(|owner| *owner != me) {
                     // Only peers ranked above this node: if they all fail, this node is the
                     // next choice itself. A node outside the ring tries every member.
@@ -444,7 +442,7 @@ impl Engine {
                         .take_while(|p| *p != me)
                         .map(str::to_owned)
                         .collect();
-                    let (head, key, peers) = if self.store.keeps_remote() && segment.is_none() {
+                    let (head, key, peers) = if self.store.keeps_remote() {
                         match self.remote_lookup(cid, head, key, peers) {
                             Some(declined) => declined,
                             None => return,
@@ -580,23 +578,6 @@ impl Engine {
             .clients
             .push(cid);
         self.flights.lead(key, fid);
-    }
-
-    /// The segment whose ring owner serves this request, when it is a GET of one range
-    /// inside segment `i` ≥ 1: segments of a large object are spread over the cluster, each
-    /// owned by its own key. Segment 0 stays with the object's owner, which also holds small
-    /// objects whole (every range of a small object lies in segment 0).
-    fn segment_placement(&self, key: &CacheKey, head: &request::Parts) -> Option<CacheKey> {
-        let size = self.config.segment_size?;
-        if head.method != Method::GET || head.headers.contains_key(header::IF_RANGE) {
-            return None;
-        }
-        let specs = range::parse(head.headers.get(header::RANGE)?.to_str().ok()?)?;
-        if specs.len() != 1 {
-            return None;
-        }
-        let index = Segments::new(size).plan(&specs, None).single()?;
-        (index > 0).then(|| key.segment(index))
     }
 
     /// A GET for one range inside one segment of an object not stored whole: serve it from
