@@ -257,3 +257,28 @@ fn a_304_refresh_is_written_to_disk_and_survives_a_restart() {
     assert_eq!(r.header("x-refreshed").as_deref(), Some("yes"));
     assert_eq!(s.origin_hits(), 2, "no revalidation after the restart");
 }
+
+/// A refresh that leaves the entry fresh for less than `persist_refresh_min_ttl` is not
+/// written to disk: the rewrite copies the body, and a `max-age=0` entry revalidated on
+/// every request would rewrite it every time.
+#[test]
+fn a_short_lived_refresh_is_not_rewritten_on_disk() {
+    let mut s = Sim::new(1, with_disk(1 << 20, 1 << 20), |_, n| {
+        if n == 0 {
+            Reply::ok("body", &[("cache-control", "max-age=0"), ("etag", "\"v\"")])
+        } else {
+            Reply::ok("", &[("cache-control", "max-age=5"), ("etag", "\"v\"")]).status(304)
+        }
+    });
+    s.get(URL, &[]);
+    for _ in 0..3 {
+        s.advance(10);
+        let r = s.get(URL, &[]);
+        assert!(
+            r.cache_status().contains("fwd-status=304"),
+            "{}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(s.meta_updates, 0);
+}

@@ -187,6 +187,8 @@ async fn handle(req: spin_sdk::http::Request) -> Resp {
         disk: if kv.is_some() { DISK } else { 0 },
         // Ids must never repeat in the store, across instances: a random start.
         first_entry_id: spin_sdk::wasip3::random::random::get_random_u64() >> 1,
+        // Each request is a new engine: a refresh not written to key-value is lost at once.
+        persist_refresh_min_ttl: std::time::Duration::ZERO,
         ..Config::default()
     });
     let engine = match engine {

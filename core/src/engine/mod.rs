@@ -76,6 +76,11 @@ pub struct Config {
     pub hot_after: u32,
     /// The window `hot_after` is counted in.
     pub hot_window: Duration,
+    /// A 304's refresh is written to the disk tier (`Output::UpdateMeta`) only when it
+    /// leaves the entry fresh for at least this long: the rewrite copies the body, which is
+    /// not worth it for an entry stale again soon (`max-age=0` revalidated on every
+    /// request). A runtime whose engine lives for one request (Spin) wants 0.
+    pub persist_refresh_min_ttl: Duration,
 }
 
 impl Default for Config {
@@ -96,6 +101,7 @@ impl Default for Config {
             hot_memory: 0,
             hot_after: 3,
             hot_window: Duration::from_secs(60),
+            persist_refresh_min_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -207,6 +213,12 @@ struct Fetch {
     declared: Option<u64>,
     upstream_status: Option<u16>,
     retried: bool,
+    /// The peers a `Remote` fetch asks (its clients released later ask them too).
+    peers: Option<Vec<String>>,
+    /// The head as the origin sent it, for the client that caused the fetch, when preparing
+    /// it for the cache changed it (`no-cache="Set-Cookie"` strips the cookie from what is
+    /// stored and shared, never from the answer to the request that asked for it).
+    leader_head: Option<(ClientId, response::Parts)>,
 }
 
 /// Requests for one key waiting on loads from the disk tier.
@@ -671,6 +683,16 @@ impl Engine {
         let Some(fid) = self.flights.leader(key) else {
             return Some(client);
         };
+        // A late joiner whose Vary selection differs from the head's would be served the
+        // leader's variant: it fetches its own instead.
+        if let Some(f) = self.fetches.get(&fid) {
+            if let Some(head) = &f.head {
+                let vary = policy::vary::VaryKey::of(&f.sent.headers, &head.headers);
+                if !vary.matches(&client.req.headers) {
+                    return Some(client);
+                }
+            }
+        }
         client.collapsed = true;
         client.phase = Phase::Waiting(fid);
         self.deadlines.set(
@@ -726,6 +748,8 @@ impl Engine {
                 declared: None,
                 upstream_status: None,
                 retried: false,
+                peers: peers.clone(),
+                leader_head: None,
             },
         );
         self.outputs.push_back(match peers {
@@ -760,7 +784,11 @@ impl Engine {
             return Some((head, key, peers));
         }
         let pq = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        if self.passthrough.iter().any(|r| r.is_match(pq)) {
+        // Ranges go to the owner as asked: a hot copy is made of whole objects only, and a
+        // range of a large object must not turn into a whole fetch.
+        if self.passthrough.iter().any(|r| r.is_match(pq))
+            || head.headers.contains_key(header::RANGE)
+        {
             return Some((head, key, peers));
         }
         let ids: Vec<EntryId> = self.store.variants(&key).iter().rev().copied().collect();
@@ -981,6 +1009,11 @@ impl Engine {
         let (Some(_), Some(hot)) = (slot.on_disk, slot.hot.as_ref()) else {
             return;
         };
+        // Rewriting a record copies its body: not worth it for an entry that would be stale
+        // again soon after a restart anyway (`max-age=0` revalidated on every request).
+        if hot.stored.ttl(self.now) < self.config.persist_refresh_min_ttl {
+            return;
+        }
         let meta = Meta {
             id,
             key: slot.key.clone(),
@@ -1099,9 +1132,14 @@ impl Engine {
         // Owned fields: a parser's values may be slices of a large read buffer, which a
         // stored head (and the policy's copy of it) would otherwise keep alive.
         head.headers = crate::heads::owned_fields(&head.headers);
+        let original = (!matches!(f.kind, FetchKind::Segment { .. }))
+            .then(|| f.clients.first().copied())
+            .flatten()
+            .map(|leader| (leader, crate::heads::clone_response(&head)));
         // Every head is judged in its prepared form (Age and delta-seconds clamped), whatever
         // kind of fetch it answers: hostile numbers must reach no arithmetic unclamped.
         self.policy.prepare_response(&mut head);
+        f.leader_head = original.filter(|(_, o)| o.headers != head.headers);
         f.upstream_status = Some(head.status.as_u16());
         match f.kind {
             FetchKind::Revalidate { variant } => {
@@ -1125,7 +1163,12 @@ impl Engine {
                             .head
                             .headers
                             .insert(header::CONTENT_LENGTH, len.into());
-                        self.store.touch(variant);
+                        let mut changes = Vec::new();
+                        self.store.reweigh(variant, &mut changes);
+                        self.apply(changes);
+                        let Some(f) = self.fetches.get(&fid) else {
+                            return;
+                        };
                         let sent = crate::heads::clone_request(&f.sent);
                         self.persist_meta(variant, &sent);
                         self.finish_from_entry(fid, variant, true);
@@ -1265,6 +1308,9 @@ impl Engine {
                 if !matches!(f.not_stored, Some(NotStored::RequestNoStore)) {
                     uncacheable = Some(f.key.clone());
                 }
+            } else if f.kind == FetchKind::Remote {
+                // Too large to keep a hot copy of: forwarded from now on, not refetched.
+                uncacheable = Some(f.key.clone());
             }
             f.chunks.clear();
             self.flights.land(&f.key, fid);
@@ -1291,7 +1337,8 @@ impl Engine {
         for cid in clients {
             self.start_stream(cid, fid);
         }
-        self.release(released, Release::GiveUp);
+        let via = self.fetches.get(&fid).and_then(|f| f.peers.clone());
+        self.release(released, Release::GiveUp, via);
         self.maybe_finish(fid);
     }
 
@@ -1348,7 +1395,13 @@ impl Engine {
                 _ => None,
             };
             let kept = if f.kind == FetchKind::Remote {
-                self.store_remote(f.key.clone(), stored, head, body)
+                let kept = self.store_remote(f.key.clone(), stored, head, body);
+                if !kept {
+                    // Too large for the hot budget: forwarded from now on, not refetched.
+                    let until = crate::time::after(self.now, self.config.hit_for_miss);
+                    self.hit_for_miss.mark(f.key.clone(), until, self.now);
+                }
+                kept
             } else {
                 self.store_response(f.key.clone(), stored, &f.sent, head, body, total)
             };
@@ -1403,7 +1456,7 @@ impl Engine {
             };
             self.fail_waiting(fid, status, error.as_str());
             self.drop_fetch(fid, false);
-            self.release(rest, Release::TransientError);
+            self.release(rest, Release::TransientError, None);
             return;
         }
         // Mid-body: everyone streaming sees an aborted response; nothing is stored.
@@ -1446,17 +1499,19 @@ impl Engine {
         let now = self.now;
         let mut expired = self.deadlines.expired(now);
         expired.retain(|c| self.clients.get(c).is_some_and(|c| !c.streaming()));
-        for cid in &expired {
-            let Some(c) = self.clients.get_mut(cid) else {
+        for cid in expired {
+            let Some(c) = self.clients.get_mut(&cid) else {
                 continue;
             };
+            let mut via = None;
             if let Some(fid) = std::mem::replace(&mut c.phase, Phase::Unattached).fetch() {
                 if let Some(f) = self.fetches.get_mut(&fid) {
-                    f.clients.retain(|x| x != cid);
+                    f.clients.retain(|x| *x != cid);
+                    via = f.peers.clone();
                 }
             }
+            self.release(vec![cid], Release::WaitTimeout, via);
         }
-        self.release(expired, Release::WaitTimeout);
         self.hit_for_miss.prune(now);
     }
 
@@ -1469,10 +1524,12 @@ impl Engine {
     }
 
     /// Followers that stop following their flight: what they do next depends on why.
-    fn release(&mut self, clients: Vec<ClientId>, why: Release) {
+    /// `via`: the peers the flight asked, for the followers of a `Remote` flight (a peer
+    /// that does not own the key never fills it from the origin for them).
+    fn release(&mut self, clients: Vec<ClientId>, why: Release, via: Option<Vec<String>>) {
         match why {
             Release::TransientError => self.retry_together(clients),
-            Release::GiveUp | Release::WaitTimeout => self.refetch_unshared(clients),
+            Release::GiveUp | Release::WaitTimeout => self.refetch_unshared(clients, via),
         }
     }
 
@@ -1484,6 +1541,9 @@ impl Engine {
             return;
         };
         let (key, sent) = (first.key.clone(), policy::fill_request(&first.req));
+        // The new leader waits on nobody: its follower deadline would detach it from the
+        // fetch it leads.
+        self.deadlines.clear(clients[0]);
         let nf = self.start_fetch(key.clone(), key.clone(), sent, FetchKind::Fill);
         self.flights.lead(key, nf);
         for cid in &clients {
@@ -1497,13 +1557,17 @@ impl Engine {
     }
 
     /// Gives each released client a fetch of its own, not shared with anyone.
-    fn refetch_unshared(&mut self, clients: Vec<ClientId>) {
+    fn refetch_unshared(&mut self, clients: Vec<ClientId>, via: Option<Vec<String>>) {
         for cid in clients {
             let Some(c) = self.clients.get(&cid) else {
                 continue;
             };
             let (key, sent) = (c.key.clone(), policy::fill_request(&c.req));
-            let fid = self.start_fetch(key.clone(), key, sent, FetchKind::Fill);
+            let kind = match via {
+                Some(_) => FetchKind::Remote,
+                None => FetchKind::Fill,
+            };
+            let fid = self.start_fetch_via(key.clone(), key, sent, kind, via.clone());
             let f = self.fetches.get_mut(&fid).expect("just made");
             f.clients.push(cid);
             let c = self.clients.get_mut(&cid).expect("checked");

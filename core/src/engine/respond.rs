@@ -164,6 +164,8 @@ impl Engine {
             }
         }
         let Some((e, tier)) = self.store.hot_with_tier(id) else {
+            // The entry went meanwhile (evicted when it was re-weighed): a miss, never silence.
+            self.lookup(cid, client.req, super::Route::Local, true);
             return;
         };
         let age = e.stored.age(self.now).as_secs();
@@ -242,6 +244,11 @@ impl Engine {
         let Some(head) = f.head.as_ref() else { return };
         let Some(client) = self.clients.get(&cid) else {
             return;
+        };
+        // The client that asked gets the head as the origin sent it; others the shared form.
+        let head = match &f.leader_head {
+            Some((leader, original)) if *leader == cid => original,
+            _ => head,
         };
         let mut status = CacheStatus::fwd(client.fwd);
         status.fwd_status = f.upstream_status;

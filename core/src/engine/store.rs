@@ -164,6 +164,36 @@ impl Store {
         }
     }
 
+    /// A hot entry changed in place (a 304 merged new fields into its head): weighed again,
+    /// and made the most recently used. Evicts others if it grew past the budget.
+    pub fn reweigh(&mut self, id: EntryId, out: &mut Vec<Change>) {
+        let Some(s) = self.slots.get(&id) else {
+            return;
+        };
+        let Some(hot) = s.hot.as_deref() else {
+            return;
+        };
+        let weight = weigh(&s.key, hot, s.in_memory);
+        let lru = if s.remote {
+            &mut self.remote
+        } else {
+            &mut self.memory
+        };
+        match lru.admit(id, weight) {
+            Admission::Admitted { evicted } => {
+                for (e, _) in evicted {
+                    self.cool(e, out);
+                    self.forget_if_empty(e, out);
+                }
+            }
+            // Grown past what one entry may weigh: it goes.
+            Admission::TooLarge { .. } => self.remove(id, out),
+        }
+        if self.has_disk() {
+            self.disk.touch(&id);
+        }
+    }
+
     pub fn memory_bytes(&self) -> u64 {
         self.memory.weight() + self.remote.weight()
     }

@@ -40,8 +40,11 @@ pub fn directives(field: &str) -> impl Iterator<Item = Directive<'_>> {
 }
 
 /// The members of a comma-separated list, split outside quoted strings (a `\` escapes the
-/// next character inside quotes), trimmed, empty ones skipped.
+/// next character inside quotes), trimmed, empty ones skipped. A field whose quotes do not
+/// balance is split at every comma: an unterminated quote must not hide the directives
+/// after it (`x="a, no-store` still says `no-store`, as a plain comma split reads it).
 pub fn split_members(field: &str) -> impl Iterator<Item = &str> {
+    let balanced = quotes_balance(field);
     let mut rest = Some(field);
     std::iter::from_fn(move || {
         loop {
@@ -50,6 +53,10 @@ pub fn split_members(field: &str) -> impl Iterator<Item = &str> {
             let mut end = None;
             for (i, c) in s.char_indices() {
                 match c {
+                    ',' if !balanced => {
+                        end = Some(i);
+                        break;
+                    }
                     _ if escaped => escaped = false,
                     '\\' if quoted => escaped = true,
                     '"' => quoted = !quoted,
@@ -76,6 +83,20 @@ pub fn split_members(field: &str) -> impl Iterator<Item = &str> {
             }
         }
     })
+}
+
+/// Whether every quoted string in `field` is terminated.
+fn quotes_balance(field: &str) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for c in field.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted
 }
 
 /// A token or a quoted string's content (RFC 9110 §5.6.4).
@@ -356,7 +377,9 @@ mod tests {
         for s in ["\"", "\\", "=\"", "a=\"\\", ",,,", "\"\"\"=,", "é=ü, ü"] {
             let _ = directives(s).count();
         }
-        let unterminated: Vec<&str> = split_members("a=\"x, y").collect();
-        assert_eq!(unterminated, ["a=\"x, y"]);
+        // An unterminated quote does not hide what follows it.
+        let unterminated: Vec<&str> = split_members("a=\"x, no-store").collect();
+        assert_eq!(unterminated, ["a=\"x", "no-store"]);
+        assert!(cc(&["x=\"a, no-store"]).no_store());
     }
 }

@@ -335,10 +335,18 @@ impl Policy {
         let mut strip = Vec::new();
         for d in values.iter().flat_map(|v| directives::directives(v)) {
             match (d.name.as_str(), &d.value) {
+                // An empty list names no field: the directive applies whole (RFC 9111
+                // §5.2.2.4 and §5.2.2.7 qualify it with one or more names).
+                ("no-cache" | "private", Some(fields)) if field_names(fields).next().is_none() => {
+                    keep.push(d.name.clone())
+                }
                 ("no-cache", Some(fields)) => strip.extend(field_names(fields)),
                 ("private", Some(fields)) => {
                     if self.shared() {
                         strip.extend(field_names(fields));
+                    } else {
+                        // A private cache may keep it all; downstream still sees `private`.
+                        keep.push(d.name.clone());
                     }
                 }
                 _ => keep.extend(canonical(&d)),
@@ -348,6 +356,7 @@ impl Policy {
             res.headers.remove(f.as_str());
         }
         res.headers.remove(header::CACHE_CONTROL);
+        let keep = first_of_each(keep);
         if let Ok(v) = keep.join(", ").parse() {
             if !keep.is_empty() {
                 res.headers.insert(header::CACHE_CONTROL, v);
@@ -620,6 +629,7 @@ impl Policy {
                 .filter(|d| !(drop_max_stale && d.name == "max-stale"))
                 .filter_map(|d| canonical(&d))
                 .collect();
+            let cc = first_of_each(cc);
             view.headers.remove(header::CACHE_CONTROL);
             if !cc.is_empty() {
                 if let Ok(v) = cc.join(", ").parse() {
@@ -799,10 +809,13 @@ fn canonical(d: &directives::Directive<'_>) -> Option<String> {
         return is_token(&d.name).then(|| d.name.clone());
     };
     if is_delta_seconds_directive(&d.name) {
-        return Some(match crate::time::delta_seconds(value) {
-            Some(n) => format!("{}={n}", d.name),
-            None => format!("{}=\"\"", d.name),
-        });
+        return match crate::time::delta_seconds(value) {
+            Some(n) => Some(format!("{}={n}", d.name)),
+            // The crate reads an invalid `max-stale` as "any staleness": drop it (ours reads
+            // it as absent).
+            None if d.name == "max-stale" => None,
+            None => Some(format!("{}=\"\"", d.name)),
+        };
     }
     if directives::is_flag(&d.name) {
         return Some(d.name.clone());
@@ -814,6 +827,24 @@ fn canonical(d: &directives::Directive<'_>) -> Option<String> {
         .unwrap_or(written);
     let plain = |s: &str| !s.contains(['"', '\\', ',']);
     (is_token(&d.name) && plain(inner)).then(|| format!("{}={written}", d.name))
+}
+
+/// The first of each directive: our parser keeps a directive's first value (RFC 9111
+/// §4.2.1 allows it), while the crate reads conflicting duplicates as invalid freshness and
+/// adds `must-revalidate` that the core would not know of. One copy each, they agree.
+fn first_of_each(members: Vec<String>) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    members
+        .into_iter()
+        .filter(|m| {
+            let name = m.split('=').next().unwrap_or("").to_owned();
+            if seen.contains(&name) {
+                return false;
+            }
+            seen.push(name);
+            true
+        })
+        .collect()
 }
 
 /// RFC 9110 §5.6.2 token.

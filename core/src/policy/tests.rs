@@ -818,3 +818,37 @@ fn s5_2_quoted_commas_are_not_directives() {
     let s = p.storable(&req("GET", &[]), &r, t0()).unwrap();
     assert_eq!(s.ttl(t0()), Duration::from_secs(30));
 }
+
+// Review findings on the Cache-Control rewrite.
+#[test]
+fn s5_2_edge_cases_of_the_canonical_form() {
+    let p = shared();
+    // An empty field list is the bare directive.
+    assert_eq!(
+        prepared_store(&p, &[("cache-control", "private=\"\", max-age=60")]).unwrap_err(),
+        NotStored::Private
+    );
+    // An unterminated quote does not hide a later no-store.
+    assert_eq!(
+        prepared_store(&p, &[("cache-control", "x=\"a, no-store, max-age=60")]).unwrap_err(),
+        NotStored::NoStore
+    );
+    // Duplicates: the first value, for the crate too (it would read conflicting copies as
+    // invalid and add must-revalidate).
+    let s = prepared_store(&p, &[("cache-control", "max-age=10, MAX-AGE=20")]).unwrap();
+    assert_eq!(s.ttl(t0()), Duration::from_secs(10));
+    // A request's invalid max-stale is no max-stale at all (the crate read it as any).
+    let s = store(
+        &p,
+        &[],
+        &[("cache-control", "max-age=10"), ("etag", "\"v\"")],
+    );
+    assert!(matches!(
+        p.reuse(
+            &s,
+            &req("GET", &[("cache-control", "max-stale=abc")]),
+            secs(100)
+        ),
+        Reuse::Stale { .. }
+    ));
+}

@@ -90,7 +90,11 @@ fn an_unsafe_request_at_the_entry_drops_its_hot_copy() {
     assert!(s.engines[entry].hot_bytes() > 0);
     let id = s.send(entry, "POST", URL, &[]);
     s.run();
-    assert!(s.results[&id].passed || !s.results[&id].forwarded_to.is_empty());
+    assert_eq!(
+        s.results[&id].forwarded_to.len(),
+        1,
+        "the owner passes it on"
+    );
     assert_eq!(
         s.engines[entry].hot_bytes(),
         0,
@@ -150,4 +154,19 @@ fn a_hot_copy_keeps_the_owners_age() {
     s.advance(11);
     let id = get(&mut s, entry);
     assert!(s.results[&id].status_parts().detail.as_deref() != Some("hot"));
+}
+
+/// Ranges are forwarded as asked, however popular the key: a hot copy is of whole objects,
+/// and a range of a large object must never become a whole fetch.
+#[test]
+fn ranges_are_forwarded_not_turned_into_hot_fetches() {
+    let (mut s, _, entry) = cluster();
+    for _ in 0..5 {
+        let id = s.send(entry, "GET", URL, &[("range", "bytes=0-3")]);
+        s.run();
+        let r = &s.results[&id];
+        assert_eq!((r.status(), r.text().as_str()), (206, "popu"));
+        assert_eq!(r.forwarded_to.len(), 1);
+    }
+    assert!(s.peer_fetches.is_empty());
 }

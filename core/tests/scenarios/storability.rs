@@ -152,3 +152,35 @@ fn lru_evictions_are_outputs() {
     assert_eq!(s.evicted[0].1, "http://origin.test/0");
     assert_miss(s.get("http://origin.test/0", &[]));
 }
+
+/// RFC 9111 §5.2.2.4: `no-cache="Set-Cookie"` lets the response be stored and shared
+/// without its cookie; the client whose request caused the fill still gets the cookie.
+#[test]
+fn a_qualified_no_cache_keeps_the_cookie_for_the_client_that_asked() {
+    let mut s = Sim::single(|_, _| {
+        Reply::ok(
+            "body",
+            &[
+                ("cache-control", "no-cache=\"Set-Cookie\", max-age=60"),
+                ("set-cookie", "sid=secret"),
+            ],
+        )
+    });
+    let leader = s.send(0, "GET", URL, &[]);
+    let follower = s.send(0, "GET", URL, &[]);
+    s.run();
+    assert_eq!(
+        s.results[&leader].header("set-cookie").as_deref(),
+        Some("sid=secret")
+    );
+    assert_eq!(
+        s.results[&follower].header("set-cookie"),
+        None,
+        "shared without it"
+    );
+    assert_eq!(s.results[&follower].text(), "body");
+    let r = s.get(URL, &[]);
+    assert_hit(r);
+    assert_eq!(r.header("set-cookie"), None);
+    assert_eq!(s.origin_hits(), 1);
+}
