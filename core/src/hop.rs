@@ -18,6 +18,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Marks a request as sent by a peer (value: the sender's id). A marked request is served
 /// where it lands, never forwarded again: one hop at most, whatever the peer lists say.
 pub const HOP: &str = "larder-hop";
+/// On a `PURGE` one peer fans out to the others: `local` means drop your own copies only,
+/// and tell nobody else.
+pub const PURGE_SCOPE: &str = "larder-purge-scope";
 /// `t=<unix seconds>,n=<nonce>,sig=<hex HMAC-SHA256>`.
 pub const AUTH: &str = "larder-peer-auth";
 /// How far a signature's timestamp may be from our clock, in seconds.

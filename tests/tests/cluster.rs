@@ -421,3 +421,48 @@ async fn a_popular_remote_key_is_served_by_the_entry_peer_itself() {
             .contains("detail=hot")
     );
 }
+
+/// Issue 13's PURGE on three real peers: sent to any peer, it reaches the owner (which drops
+/// the URL) and every other peer (which drop their hot copies); it never reaches the origin;
+/// only --purge-allow may send it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_at_any_peer_drops_the_url_cluster_wide() {
+    let origin = Origin::start(|req, n| {
+        assert_ne!(req.method, "PURGE", "a PURGE reached the origin");
+        Reply::ok(format!("v{n}"), &[("cache-control", "max-age=600")])
+    })
+    .await;
+    let c = cluster(3, |a| a.hot_after = Some(2)).await;
+    let peers = urls(&c);
+    let url = (0..1000)
+        .map(|i| origin.url(&format!("/p{i}")))
+        .find(|u| owner_of(&peers, RingKind::Rendezvous, u) == peers[0])
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(get(c[1].addr, &url).await.text(), "v0");
+    }
+    assert!(
+        metric(&c[1], "larder_hot_bytes") > 0.0,
+        "a hot copy at peer 1"
+    );
+    let r = send(c[2].addr, "PURGE", &url, &[]).await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "purged 1 entry\n"));
+    // The fan-out is fire and forget: give it a moment.
+    for _ in 0..50 {
+        if metric(&c[1], "larder_hot_bytes") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&c[1], "larder_hot_bytes"), 0.0, "the hot copy went");
+    let r = get(c[1].addr, &url).await;
+    assert_eq!(r.text(), "v1", "refetched after the purge");
+    let r = send(c[2].addr, "PURGE", &origin.url("/never"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    // Not from an address outside --purge-allow.
+    let strict = cluster(1, |a| a.purge_allow = vec!["10.0.0.0/8".into()]).await;
+    let r = send(strict[0].addr, "PURGE", &url, &[]).await.unwrap();
+    assert_eq!(r.status, 403);
+}

@@ -78,6 +78,10 @@ pub struct Args {
     /// [default: loopback only]. Mirror mode serves everyone.
     #[arg(long, env = "LARDER_ALLOW", value_delimiter = ',')]
     pub allow: Vec<String>,
+    /// Client networks allowed to PURGE, CIDR, repeatable [default: loopback only]. A
+    /// PURGE drops the URL from the whole cluster; it never reaches the origin.
+    #[arg(long, env = "LARDER_PURGE_ALLOW", value_delimiter = ',')]
+    pub purge_allow: Vec<String>,
     /// Origin address ranges (CIDR) opened again, repeatable. By default origins on
     /// loopback, link-local (cloud metadata), unspecified, multicast, broadcast and
     /// unique-local addresses are refused (403), whatever the URL spells.
@@ -128,6 +132,7 @@ struct FileConfig {
     peer_timeout: Option<String>,
     allow: Option<Vec<String>>,
     allow_destination: Option<Vec<String>>,
+    purge_allow: Option<Vec<String>>,
     ca_file: Option<Vec<PathBuf>>,
     connect_allow: Option<Vec<String>>,
     connect_timeout: Option<String>,
@@ -149,6 +154,8 @@ pub struct Settings {
     pub peer_secret: Option<String>,
     pub peer_timeout: Duration,
     pub allow: Vec<IpNet>,
+    /// Who may PURGE (empty: loopback only).
+    pub purge_allow: Vec<IpNet>,
     /// Destination ranges the guard lets through after all.
     pub allow_destination: Vec<IpNet>,
     pub ca_files: Vec<PathBuf>,
@@ -308,6 +315,7 @@ impl Args {
         }
         let hot_after = or(self.hot_after, file.hot_after).unwrap_or(3).max(1);
         let allow = nets("--allow", list(self.allow, file.allow))?;
+        let purge_allow = nets("--purge-allow", list(self.purge_allow, file.purge_allow))?;
         let allow_destination = nets(
             "--allow-destination",
             list(self.allow_destination, file.allow_destination),
@@ -365,6 +373,7 @@ impl Args {
                 Duration::from_secs(2),
             )?,
             allow,
+            purge_allow,
             allow_destination,
             ca_files: list(self.ca_file, file.ca_file),
             connect_allow: list(self.connect_allow, file.connect_allow),

@@ -613,6 +613,11 @@ impl Driver {
                     h.abort();
                 }
             }
+            Output::InvalidatePeers { key, peers } => {
+                if let Some(link) = self.peers().cloned() {
+                    tokio::spawn(invalidate_peers(link, key, peers));
+                }
+            }
             Output::Write {
                 entry,
                 tier: Tier::Memory,
@@ -933,6 +938,32 @@ fn disk_writer(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Tells each peer to drop its copies of `key` (a signed `PURGE`, limited to that peer).
+/// Fire and forget: a peer that misses it keeps its copy until the copy is stale.
+async fn invalidate_peers(link: Arc<PeerLink>, key: larder_core::CacheKey, peers: Vec<String>) {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        larder_core::hop::PURGE_SCOPE,
+        http::HeaderValue::from_static("local"),
+    );
+    let method = http::Method::from_bytes(larder_core::engine::PURGE.as_bytes()).expect("token");
+    for peer in peers {
+        let sent = link
+            .forward(
+                std::slice::from_ref(&peer),
+                &method,
+                key.as_str(),
+                &headers,
+                &None,
+                |peer, why| tracing::debug!(%peer, "invalidation not delivered: {why}"),
+            )
+            .await;
+        if sent.is_none() {
+            tracing::info!(%peer, key = key.as_str(), "a peer missed an invalidation");
         }
     }
 }

@@ -293,6 +293,15 @@ fn allowed(state: &State, remote: &SocketAddr) -> bool {
     }
 }
 
+fn purge_allowed(state: &State, remote: &SocketAddr) -> bool {
+    let ip = crate::guard::canonical(remote.ip());
+    if state.settings.purge_allow.is_empty() {
+        ip.is_loopback()
+    } else {
+        state.settings.purge_allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
 async fn handle(
     state: Arc<State>,
     remote: SocketAddr,
@@ -441,6 +450,20 @@ async fn route(
             remote.ip()
         );
         return Err(refuse(Refused(StatusCode::FORBIDDEN, why), &parts));
+    }
+    if parts.method.as_str() == larder_core::engine::PURGE {
+        // Cache administration: from --purge-allow, or a peer fanning a purge out.
+        if !from_peer && !purge_allowed(state, &remote) {
+            let why = format!(
+                "PURGE from {} is not allowed (see --purge-allow)",
+                remote.ip()
+            );
+            return Err(refuse(Refused(StatusCode::FORBIDDEN, why), &parts));
+        }
+    }
+    if !from_peer {
+        // Only a peer may limit a purge to one node.
+        parts.headers.remove(larder_core::hop::PURGE_SCOPE);
     }
     for h in [
         larder_core::hop::HOP,

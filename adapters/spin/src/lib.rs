@@ -167,6 +167,16 @@ async fn handle(req: spin_sdk::http::Request) -> Resp {
         Ok(x) => x,
         Err(Refused(code, msg)) => return text(code, None, &msg),
     };
+    // PURGE drops entries for everyone: the edge has no list of who may (the native peer's
+    // --purge-allow), so it is refused rather than open to any client. Peers fanning a
+    // purge out are not answered either: the edge's copies expire with their freshness.
+    if head.method.as_str() == larder_core::engine::PURGE {
+        return text(
+            StatusCode::FORBIDDEN,
+            None,
+            "PURGE is not enabled at the edge",
+        );
+    }
     let key = match CacheKey::from_uri(&head.uri) {
         Ok(k) => k,
         Err(e) => return text(StatusCode::BAD_REQUEST, None, &e.to_string()),
@@ -414,6 +424,8 @@ impl Edge {
             }
             // `Output` is non-exhaustive: an output newer than this component is logged
             // (stderr, the Spin log) and ignored.
+            // Unsafe requests reach the owner, which fans the invalidation out itself.
+            Output::InvalidatePeers { .. } => {}
             other => eprintln!("larder: unknown engine output ignored: {other:?}"),
         }
     }

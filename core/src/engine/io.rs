@@ -259,6 +259,15 @@ pub enum Output {
         /// The request to send (URI absolute and normalized).
         request: request::Parts,
     },
+    /// Have each of these peers drop its copies of `key` (hot copies, segments): send it
+    /// `PURGE <key>` as peer traffic with `larder-purge-scope: local` (so it does not fan out
+    /// again). Fire and forget: a peer that misses it keeps a copy until it is stale.
+    InvalidatePeers {
+        /// The URL to drop.
+        key: CacheKey,
+        /// Peer ids to tell.
+        peers: Vec<String>,
+    },
     /// Nobody needs this fetch any more: stop it and send no further inputs for it.
     CancelFetch {
         /// The fetch to stop.

@@ -110,6 +110,9 @@ impl Default for Config {
 /// the engine tries it again. Entries already on disk keep serving meanwhile.
 pub const DISK_RETRY: Duration = Duration::from_secs(60);
 
+/// The cache-admin method that drops a URL from the cluster (Squid's and Varnish's).
+pub const PURGE: &str = "PURGE";
+
 /// Most Vary variants kept for one URL (the oldest goes first): a response that varies on a
 /// field clients choose freely must not grow a list every request for the URL then walks.
 pub const MAX_VARIANTS: usize = 32;
@@ -471,6 +474,10 @@ impl Engine {
                     return;
                 }
             }
+        }
+        if head.method.as_str() == PURGE {
+            self.purge(cid, &head, &key);
+            return;
         }
         if !policy::is_cacheable_method(&head.method) {
             if policy::invalidates(&head.method) {
@@ -842,20 +849,76 @@ impl Engine {
         if !(head.status.is_success() || head.status.is_redirection()) {
             return;
         }
-        self.invalidate(&key);
-        for other in also_invalidated(&key, head) {
-            self.invalidate(&other);
+        let mut keys = vec![key.clone()];
+        keys.extend(also_invalidated(&key, head));
+        for k in keys {
+            self.invalidate(&k);
+            // Other peers may hold hot copies of it: the whole cluster is one cache.
+            self.invalidate_peers(k);
         }
     }
 
-    /// Drops every stored response for `key` and its segments (RFC 9111 §4.4).
-    fn invalidate(&mut self, key: &CacheKey) {
+    /// `PURGE`: drops every variant and segment of the URL here, and (unless this is a
+    /// purge another peer fanned out) has every other peer drop its copies. Answers how
+    /// many entries went: 200, or 404 when none (as Squid does). The adapter decides who
+    /// may purge.
+    fn purge(&mut self, cid: ClientId, head: &request::Parts, key: &CacheKey) {
+        let n = self.invalidate(key);
+        let fanned_out = head
+            .headers
+            .get(crate::hop::PURGE_SCOPE)
+            .is_some_and(|v| v == "local");
+        if !fanned_out {
+            self.invalidate_peers(key.clone());
+        }
+        let status = CacheStatus::fwd(Fwd::Bypass).with_detail("purge");
+        let (code, text) = match n {
+            0 => (
+                StatusCode::NOT_FOUND,
+                "nothing cached for this URL".to_owned(),
+            ),
+            1 => (StatusCode::OK, "purged 1 entry".to_owned()),
+            n => (StatusCode::OK, format!("purged {n} entries")),
+        };
+        self.clients.insert(
+            cid,
+            Client::new(crate::heads::clone_request(head), key.clone()),
+        );
+        self.respond_error(cid, code, status, text);
+    }
+
+    /// Tells every other peer to drop its copies of `key` (hot copies, segments).
+    fn invalidate_peers(&mut self, key: CacheKey) {
+        let Some(me) = self.config.self_id.as_deref() else {
+            return;
+        };
+        let peers: Vec<String> = self
+            .config
+            .peers
+            .iter()
+            .filter(|p| *p != me)
+            .cloned()
+            .collect();
+        if !peers.is_empty() {
+            self.outputs
+                .push_back(Output::InvalidatePeers { key, peers });
+        }
+    }
+
+    /// Drops every stored response for `key` and its segments (RFC 9111 §4.4); returns how
+    /// many entries went.
+    fn invalidate(&mut self, key: &CacheKey) -> usize {
         let mut changes = Vec::new();
         self.store.remove_key(key, &mut changes);
         for i in self.segments.take(key) {
             self.store.remove_key(&key.segment(i), &mut changes);
         }
+        let gone = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Gone { .. }))
+            .count();
         self.apply(changes);
+        gone
     }
 
     // ---- storage ----------------------------------------------------------------------

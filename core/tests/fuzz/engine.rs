@@ -561,6 +561,11 @@ impl Driver {
                     c.handed_off = true;
                     c.passed_unsafe = !matches!(head.method.as_str(), "GET" | "HEAD");
                 }
+                Output::InvalidatePeers { peers, .. } => {
+                    if peers.is_empty() || peers.iter().any(|p| p == PEERS[0]) {
+                        return Err(fail(format!("bad InvalidatePeers: {peers:?}")));
+                    }
+                }
                 Output::FetchFromPeers { peers, .. }
                     if peers.is_empty() || peers.iter().any(|p| p == PEERS[0]) =>
                 {

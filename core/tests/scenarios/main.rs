@@ -12,6 +12,7 @@ mod freshness;
 mod hits;
 mod hot_cache;
 mod invalidation;
+mod purge;
 mod ranges;
 mod routing;
 mod sim_checks;

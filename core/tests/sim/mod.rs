@@ -142,6 +142,8 @@ pub struct Sim {
     pub peer_fetches: Vec<(usize, usize)>,
     /// Peers that refuse peer connections (a `FetchFromPeers` skips them).
     pub down: Vec<usize>,
+    /// Every `InvalidatePeers` delivered: (from, to, key).
+    pub invalidations: Vec<(usize, usize, String)>,
 }
 
 pub fn t0() -> SystemTime {
@@ -194,6 +196,7 @@ impl Sim {
             relays: HashMap::new(),
             peer_fetches: Vec::new(),
             down: Vec::new(),
+            invalidations: Vec::new(),
         }
     }
 
@@ -270,6 +273,13 @@ impl Sim {
         &self.results[&id]
     }
 
+    /// A GET at peer `at`, run until idle.
+    pub fn get_at(&mut self, at: usize, url: &str) -> &ClientResult {
+        let id = self.send(at, "GET", url, &[]);
+        self.run();
+        &self.results[&id]
+    }
+
     pub fn request(&mut self, method: &str, url: &str, headers: &[(&str, &str)]) -> &ClientResult {
         let id = self.send(0, method, url, headers);
         self.run();
@@ -328,6 +338,36 @@ impl Sim {
                     let (from, fetch, _) = self.relays.remove(&client).expect("checked");
                     let error = UpstreamError::Truncated;
                     self.input(from, Input::UpstreamError { fetch, error });
+                }
+                Output::InvalidatePeers { key, peers } => {
+                    for p in peers {
+                        let Some(target) = self.peers.iter().position(|q| *q == p) else {
+                            continue;
+                        };
+                        if self.down.contains(&target) {
+                            continue;
+                        }
+                        self.invalidations.push((at, target, key.to_string()));
+                        let head = Request::builder()
+                            .method("PURGE")
+                            .uri(key.as_str())
+                            .header(larder_core::hop::PURGE_SCOPE, "local")
+                            .body(())
+                            .unwrap()
+                            .into_parts()
+                            .0;
+                        let client = ClientId(self.next_client);
+                        self.next_client += 1;
+                        self.results.insert(client, ClientResult::default());
+                        self.input(
+                            target,
+                            Input::Request {
+                                client,
+                                head,
+                                route: Route::Local,
+                            },
+                        );
+                    }
                 }
                 Output::FetchFromPeers {
                     fetch,

@@ -1,0 +1,104 @@
+//! `PURGE` and cluster-wide invalidation: the owner drops every variant and segment, and
+//! every other peer drops its hot copy, wherever the request came in.
+
+use crate::sim::{Sim, assert_hit, assert_miss};
+use crate::{URL, fresh};
+use larder_core::Config;
+
+fn purge(s: &mut Sim, at: usize) -> (u16, String) {
+    let id = s.send(at, "PURGE", URL, &[]);
+    s.run();
+    let r = &s.results[&id];
+    (r.status(), r.text())
+}
+
+#[test]
+fn purge_drops_every_variant_and_segment() {
+    let mut s = Sim::single(|_, _| {
+        let mut r = fresh("0123456789");
+        r.headers.push(("vary".into(), "accept-language".into()));
+        r
+    });
+    s.get(URL, &[("accept-language", "en")]);
+    s.get(URL, &[("accept-language", "fr")]);
+    s.get(URL, &[("range", "bytes=2-4")]);
+    let stored = s.engines[0].stored_entries();
+    assert!(stored >= 2, "{stored}");
+    assert_eq!(
+        purge(&mut s, 0),
+        (200, format!("purged {stored} entries\n"))
+    );
+    assert_eq!(s.engines[0].stored_entries(), 0);
+    assert!(s.memory[0].is_empty(), "the tier freed them too");
+    assert_miss(s.get(URL, &[("accept-language", "en")]));
+    // Nothing left: 404, and the origin never saw a PURGE.
+    s.run();
+    let (code, _) = purge(&mut s, 0);
+    let again = purge(&mut s, 0);
+    assert_eq!((code, again.0), (200, 404));
+    assert!(s.origin_log.iter().all(|(_, r)| r.method != "PURGE"));
+}
+
+#[test]
+fn a_purge_at_any_peer_reaches_the_owner_and_every_hot_copy() {
+    let config = Config {
+        hot_memory: 1 << 20,
+        hot_after: 2,
+        ..Config::default()
+    };
+    let mut s = Sim::new(3, config, |_, n| fresh(&format!("v{n}")));
+    let owner = s.engines[0]
+        .ring()
+        .owner(URL.as_bytes())
+        .unwrap()
+        .to_owned();
+    let owner = s.peers.iter().position(|p| *p == owner).unwrap();
+    let (a, b) = ((owner + 1) % 3, (owner + 2) % 3);
+    for _ in 0..3 {
+        s.get_at(a, URL);
+    }
+    assert!(s.engines[a].hot_bytes() > 0, "a hot copy at {a}");
+    // Purged through the third peer: the owner drops it and tells the others.
+    let (code, _) = purge(&mut s, b);
+    assert_eq!(code, 200);
+    assert_eq!(s.engines[owner].stored_entries(), 0);
+    assert_eq!(s.engines[a].hot_bytes(), 0, "the hot copy went too");
+    let r = s.get_at(a, URL);
+    assert_eq!(r.text(), "v1", "the next answer is the origin's new one");
+    assert!(s.invalidations.iter().all(|(from, _, _)| *from == owner));
+    for e in &s.engines {
+        assert_eq!(e.in_flight(), (0, 0));
+    }
+}
+
+/// RFC 9111 §4.4 across the cluster: a successful unsafe request invalidates the URL at the
+/// owner, and the hot copies the other peers hold.
+#[test]
+fn an_unsafe_request_invalidates_hot_copies_on_every_peer() {
+    let config = Config {
+        hot_memory: 1 << 20,
+        hot_after: 2,
+        ..Config::default()
+    };
+    let mut s = Sim::new(3, config, |_, n| fresh(&format!("v{n}")));
+    let owner = s.engines[0]
+        .ring()
+        .owner(URL.as_bytes())
+        .unwrap()
+        .to_owned();
+    let owner = s.peers.iter().position(|p| *p == owner).unwrap();
+    let (a, b) = ((owner + 1) % 3, (owner + 2) % 3);
+    for _ in 0..3 {
+        s.get_at(a, URL);
+    }
+    assert_hit(s.get_at(a, URL));
+    let id = s.send(b, "POST", URL, &[]);
+    s.run();
+    assert!(s.results[&id].passed, "passed to the origin by the owner");
+    assert_eq!(s.engines[a].hot_bytes(), 0);
+    assert!(
+        s.invalidations
+            .iter()
+            .any(|(from, to, _)| (*from, *to) == (owner, a))
+    );
+}
