@@ -588,7 +588,20 @@ impl Engine {
             Some((variant, revalidate)) => (FetchKind::Revalidate { variant }, revalidate),
             None => (FetchKind::Fill, policy::fill_request(&client.req)),
         };
-        let fid = self.start_fetch(key.clone(), key.clone(), sent, kind);
+        self.lead_new_flight(cid, client, key, sent, kind, None);
+    }
+
+    /// Starts a fetch for `key` led by this client, which later requests may follow.
+    fn lead_new_flight(
+        &mut self,
+        cid: ClientId,
+        mut client: Client,
+        key: CacheKey,
+        sent: request::Parts,
+        kind: FetchKind,
+        peers: Option<Vec<String>>,
+    ) {
+        let fid = self.start_fetch_via(key.clone(), key.clone(), sent, kind, peers);
         client.phase = Phase::Waiting(fid);
         self.clients.insert(cid, client);
         self.fetches
@@ -820,23 +833,9 @@ impl Engine {
             return Some((head, key, peers));
         }
         let client = Client::new(head, key.clone());
-        let mut client = self.join_flight(cid, client, &key)?;
+        let client = self.join_flight(cid, client, &key)?;
         let sent = policy::fill_request(&client.req);
-        let fid = self.start_fetch_via(
-            key.clone(),
-            key.clone(),
-            sent,
-            FetchKind::Remote,
-            Some(peers),
-        );
-        client.phase = Phase::Waiting(fid);
-        self.clients.insert(cid, client);
-        self.fetches
-            .get_mut(&fid)
-            .expect("just made")
-            .clients
-            .push(cid);
-        self.flights.lead(key, fid);
+        self.lead_new_flight(cid, client, key, sent, FetchKind::Remote, Some(peers));
         None
     }
 

@@ -238,18 +238,7 @@ impl Store {
         disk_bytes: Option<u64>,
         out: &mut Vec<Change>,
     ) -> (bool, bool) {
-        let same: Vec<EntryId> = self
-            .variants(&key)
-            .iter()
-            .copied()
-            .filter(|v| {
-                self.hot(*v)
-                    .is_some_and(|h| h.stored.vary() == hot.stored.vary())
-            })
-            .collect();
-        for v in same {
-            self.remove(v, out);
-        }
+        self.replace_selection(&key, &hot, out);
         self.add_slot(id, &key);
         let on_disk = disk_bytes.is_some_and(|b| self.admit_disk(id, b, out));
         let in_memory = self.admit_hot(id, hot, true, out);
@@ -270,18 +259,7 @@ impl Store {
         hot: Hot,
         out: &mut Vec<Change>,
     ) -> bool {
-        let same: Vec<EntryId> = self
-            .variants(&key)
-            .iter()
-            .copied()
-            .filter(|v| {
-                self.hot(*v)
-                    .is_some_and(|h| h.stored.vary() == hot.stored.vary())
-            })
-            .collect();
-        for v in same {
-            self.remove(v, out);
-        }
+        self.replace_selection(&key, &hot, out);
         self.add_slot(id, &key);
         if let Some(s) = self.slots.get_mut(&id) {
             s.remote = true;
@@ -373,6 +351,23 @@ impl Store {
     pub fn remove_key(&mut self, key: &CacheKey, out: &mut Vec<Change>) {
         for id in self.variants.get(key).cloned().unwrap_or_default() {
             self.remove(id, out);
+        }
+    }
+
+    /// Removes the hot variants of `key` with the same Vary selection as `hot` (a new
+    /// response replaces them).
+    fn replace_selection(&mut self, key: &CacheKey, hot: &Hot, out: &mut Vec<Change>) {
+        let same: Vec<EntryId> = self
+            .variants(key)
+            .iter()
+            .copied()
+            .filter(|v| {
+                self.hot(*v)
+                    .is_some_and(|h| h.stored.vary() == hot.stored.vary())
+            })
+            .collect();
+        for v in same {
+            self.remove(v, out);
         }
     }
 

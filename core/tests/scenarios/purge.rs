@@ -39,8 +39,9 @@ fn purge_drops_every_variant_and_segment() {
     assert!(s.origin_log.iter().all(|(_, r)| r.method != "PURGE"));
 }
 
-#[test]
-fn a_purge_at_any_peer_reaches_the_owner_and_every_hot_copy() {
+/// Three peers, each answer a new version: returns the sim, the owner of URL, a peer that
+/// holds a hot copy of it, and the third peer.
+fn hot_copy_at_a_peer() -> (Sim, usize, usize, usize) {
     let config = Config {
         hot_memory: 1 << 20,
         hot_after: 2,
@@ -57,6 +58,12 @@ fn a_purge_at_any_peer_reaches_the_owner_and_every_hot_copy() {
     for _ in 0..3 {
         s.get_at(a, URL);
     }
+    (s, owner, a, b)
+}
+
+#[test]
+fn a_purge_at_any_peer_reaches_the_owner_and_every_hot_copy() {
+    let (mut s, owner, a, b) = hot_copy_at_a_peer();
     assert!(s.engines[a].hot_bytes() > 0, "a hot copy at {a}");
     // Purged through the third peer: the owner drops it and tells the others.
     let (code, _) = purge(&mut s, b);
@@ -75,22 +82,7 @@ fn a_purge_at_any_peer_reaches_the_owner_and_every_hot_copy() {
 /// owner, and the hot copies the other peers hold.
 #[test]
 fn an_unsafe_request_invalidates_hot_copies_on_every_peer() {
-    let config = Config {
-        hot_memory: 1 << 20,
-        hot_after: 2,
-        ..Config::default()
-    };
-    let mut s = Sim::new(3, config, |_, n| fresh(&format!("v{n}")));
-    let owner = s.engines[0]
-        .ring()
-        .owner(URL.as_bytes())
-        .unwrap()
-        .to_owned();
-    let owner = s.peers.iter().position(|p| *p == owner).unwrap();
-    let (a, b) = ((owner + 1) % 3, (owner + 2) % 3);
-    for _ in 0..3 {
-        s.get_at(a, URL);
-    }
+    let (mut s, owner, a, b) = hot_copy_at_a_peer();
     assert_hit(s.get_at(a, URL));
     let id = s.send(b, "POST", URL, &[]);
     s.run();
