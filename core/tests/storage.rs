@@ -282,3 +282,41 @@ fn a_short_lived_refresh_is_not_rewritten_on_disk() {
     }
     assert_eq!(s.meta_updates, 0);
 }
+
+/// The refresh written after a 304 is the entry's, not the revalidating client's: the
+/// directives of the request that forced the revalidation are not persisted with it.
+#[test]
+fn a_refresh_does_not_keep_the_revalidating_clients_directives() {
+    let mut s = Sim::new(1, with_disk(1 << 20, 1 << 20), |_, n| {
+        if n == 0 {
+            Reply::ok(
+                "kept",
+                &[("cache-control", "max-age=10"), ("etag", "\"v\"")],
+            )
+        } else {
+            Reply::ok("", &[("cache-control", "max-age=1000"), ("etag", "\"v\"")]).status(304)
+        }
+    });
+    s.get(URL, &[]);
+    s.advance(20);
+    let r = s.get(
+        URL,
+        &[("cache-control", "no-cache"), ("pragma", "no-cache")],
+    );
+    assert!(
+        r.cache_status().contains("fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(s.meta_updates, 1);
+    let id = *s.disk[0].keys().next().unwrap();
+    let (meta, _) = entry::decode(&s.disk[0][&id]).unwrap();
+    let meta = entry::Meta::decode(&meta).unwrap();
+    assert!(meta.request.headers.get("cache-control").is_none());
+    assert!(meta.request.headers.get("pragma").is_none());
+    s.restart(0, 1000);
+    let r = s.get(URL, &[]);
+    assert_eq!(r.text(), "kept");
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(s.origin_hits(), 2);
+}

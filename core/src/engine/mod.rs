@@ -1080,7 +1080,14 @@ impl Engine {
             id,
             key: slot.key.clone(),
             response_time: hot.stored.response_time(),
-            request: hot.stored.kept_request(sent),
+            request: {
+                // The entry was stored for its fill's request; the directives of whichever
+                // client's request revalidated it (`no-store` ...) are not the entry's.
+                let mut kept = hot.stored.kept_request(sent);
+                kept.headers.remove(header::CACHE_CONTROL);
+                kept.headers.remove(header::PRAGMA);
+                kept
+            },
             response: crate::heads::clone_response(&hot.head),
             total: hot.total,
         }
