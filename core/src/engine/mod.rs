@@ -1217,6 +1217,15 @@ impl Engine {
                         self.policy
                             .revalidated(&e.stored, &e.head, &f.sent, &head, now)
                     });
+                    // RFC 9111 §5.2.1.5: nothing of an exchange whose request said `no-store`
+                    // is stored, a 304's fields included. The 304 still says the entry is the
+                    // current representation: it answers this request as it is.
+                    let no_store =
+                        policy::directives::Directives::parse(&f.sent.headers).no_store();
+                    if no_store && matches!(outcome, Some(Revalidated::NotModified { .. })) {
+                        self.finish_from_entry(fid, variant, false);
+                        return;
+                    }
                     if let Some(Revalidated::NotModified {
                         stored,
                         head: merged,

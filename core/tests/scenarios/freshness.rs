@@ -215,3 +215,43 @@ fn unmatched_304_is_retried_unconditionally_once() {
     assert_eq!((r.status(), r.text().as_str()), (200, "v2"));
     assert_eq!(s.origin_hits(), 3);
 }
+
+/// RFC 9111 §5.2.1.5: a request with `no-store` that revalidates an entry gets its answer,
+/// but nothing of that exchange is stored: the 304's lifetime and fields do not refresh the
+/// entry, so the next request revalidates again.
+#[test]
+fn a_no_store_request_does_not_refresh_the_entry() {
+    let mut s = Sim::single(|_, n| {
+        if n == 0 {
+            Reply::ok(
+                "body",
+                &[("cache-control", "max-age=10"), ("etag", "\"v\"")],
+            )
+        } else {
+            Reply::ok(
+                "",
+                &[
+                    ("cache-control", "max-age=1000"),
+                    ("etag", "\"v\""),
+                    ("x-new", "1"),
+                ],
+            )
+            .status(304)
+        }
+    });
+    s.get(URL, &[]);
+    s.advance(20);
+    let r = s.get(URL, &[("cache-control", "no-store")]);
+    assert_eq!((r.status(), r.text().as_str()), (200, "body"));
+    let parts = assert_revalidated(r);
+    assert!(!parts.stored);
+    s.advance(1);
+    let r = s.get(URL, &[]);
+    assert_revalidated(r);
+    assert_eq!(
+        r.header("x-new").as_deref(),
+        Some("1"),
+        "this exchange may store"
+    );
+    assert_eq!(s.origin_hits(), 3);
+}
