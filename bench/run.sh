@@ -117,7 +117,7 @@ if [ -n "$DISK_SIZES" ]; then
   for i in $(seq 100); do [ "$(metric larder_disk_writes_total)" -ge "$disk_objects" ] && break; sleep 0.1; done
   echo "larder disk tier: $(metric larder_disk_writes_total) of $disk_objects objects written," \
     "$(metric larder_disk_bytes) bytes, write failures $(metric larder_disk_write_failures_total);" \
-    "memory tier $(metric larder_cache_bytes) bytes"
+    "memory tier $(metric 'larder_cache_bytes{tier="memory"}') bytes"
   [ "$(metric larder_disk_write_failures_total)" = 0 ] || { echo "larder could not write its disk tier" >&2; exit 1; }
   for f in $DISK_SIZES; do
     curl -sI "http://127.0.0.1:$LARDER_DISK/d$f/0" | grep -i cache-status

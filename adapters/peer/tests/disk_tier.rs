@@ -331,48 +331,16 @@ fn a_full_disk_is_survived() {
 /// An origin whose answer is fresh for 1 s, and which answers a revalidation with a 304
 /// that makes it fresh for an hour and adds a field.
 fn revalidating_origin() -> (u16, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(conn) = conn else { continue };
-            let h = h.clone();
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut w = conn;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut conditional = false;
-                    loop {
-                        let mut l = String::new();
-                        if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
-                            break;
-                        }
-                        conditional |= l.to_ascii_lowercase().starts_with("if-none-match: \"v\"");
-                    }
-                    h.fetch_add(1, Ordering::SeqCst);
-                    let answer = if conditional {
-                        "HTTP/1.1 304 Not Modified\r\ncache-control: max-age=3600\r\n\
-                         etag: \"v\"\r\nx-refreshed: yes\r\n\r\n"
-                            .to_owned()
-                    } else {
-                        "HTTP/1.1 200 OK\r\ncache-control: max-age=1\r\netag: \"v\"\r\n\
-                         content-length: 9\r\n\r\nthe body!"
-                            .to_owned()
-                    };
-                    if w.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, hits)
+    common::origin_seeing(|_, fields| {
+        let answer = if fields.iter().any(|f| f == "if-none-match: \"v\"") {
+            "HTTP/1.1 304 Not Modified\r\ncache-control: max-age=3600\r\n\
+             etag: \"v\"\r\nx-refreshed: yes\r\n\r\n"
+        } else {
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=1\r\netag: \"v\"\r\n\
+             content-length: 9\r\n\r\nthe body!"
+        };
+        answer.as_bytes().to_vec()
+    })
 }
 
 /// RFC 9111 §4.3.4 across a restart: the 304's refresh is written to the entry's record

@@ -742,17 +742,6 @@ impl StatusParts {
     }
 }
 
-/// Every `fwd` value the header may carry, to map tokens back to [`Fwd`].
-const FWDS: [Fwd; 7] = [
-    Fwd::Bypass,
-    Fwd::Method,
-    Fwd::UriMiss,
-    Fwd::VaryMiss,
-    Fwd::Stale,
-    Fwd::Request,
-    Fwd::Miss,
-];
-
 /// Splits `s` on `sep` outside double-quoted strings (RFC 8941 sf-string, `\` escapes).
 fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
     let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
@@ -801,7 +790,7 @@ pub fn parse_cache_status(value: &str) -> StatusParts {
                 flag.is_some_and(|f| !std::mem::replace(f, true))
             }
             Some(("fwd", v)) if p.fwd.is_none() => {
-                p.fwd = FWDS.into_iter().find(|f| f.as_str() == v);
+                p.fwd = Fwd::parse(v);
                 p.fwd.is_some()
             }
             Some(("fwd-status", v)) if p.fwd_status.is_none() => {

@@ -13,15 +13,24 @@ use std::time::{Duration, Instant};
 /// A keep-alive origin on loopback: `answer(path)` gives the whole response (head and
 /// body) for each request. Returns its port and a count of requests.
 pub fn origin(answer: fn(&str) -> Vec<u8>) -> (u16, Arc<AtomicUsize>) {
+    origin_seeing(move |path, _| answer(path))
+}
+
+/// [`origin`] whose `answer(path, header_lines)` also sees the request's header lines
+/// (lower-cased, without the line ends), e.g. to answer a conditional request with 304.
+pub fn origin_seeing(
+    answer: impl Fn(&str, &[String]) -> Vec<u8> + Send + Sync + 'static,
+) -> (u16, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
+    let answer = Arc::new(answer);
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(conn) = conn else { continue };
             let _ = conn.set_nodelay(true);
-            let h = h.clone();
+            let (h, answer) = (h.clone(), answer.clone());
             std::thread::spawn(move || {
                 let mut r = BufReader::new(conn.try_clone().unwrap());
                 let mut w = conn;
@@ -31,14 +40,16 @@ pub fn origin(answer: fn(&str) -> Vec<u8>) -> (u16, Arc<AtomicUsize>) {
                         return;
                     }
                     let path = line.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let mut fields = Vec::new();
                     loop {
                         let mut l = String::new();
                         if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
                             break;
                         }
+                        fields.push(l.trim_end().to_ascii_lowercase());
                     }
                     h.fetch_add(1, Ordering::Relaxed);
-                    if w.write_all(&answer(&path)).is_err() {
+                    if w.write_all(&answer(&path, &fields)).is_err() {
                         return;
                     }
                 }
