@@ -582,3 +582,92 @@ async fn a_slow_client_pauses_the_fetch_instead_of_buffering_the_object() {
     }
     assert!(got >= SIZE, "received {got}");
 }
+
+/// RFC 9111 §5.2.2.4 through the real binary: `no-cache="Set-Cookie"` lets the response
+/// be shared without its cookie, and the client whose request fetched it still gets it (it
+/// was stripped from that client too, which breaks logins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qualified_no_cache_keeps_the_cookie_for_the_client_that_asked() {
+    let origin = Origin::start(|_, _| {
+        Reply::ok(
+            "welcome",
+            &[
+                ("cache-control", "no-cache=\"Set-Cookie\", max-age=60"),
+                ("set-cookie", "sid=secret"),
+            ],
+        )
+    })
+    .await;
+    let p = peer(|_| {}).await;
+    let first = get(p.addr, &origin.url("/login")).await;
+    assert_eq!(first.header("set-cookie"), Some("sid=secret"));
+    let second = get(p.addr, &origin.url("/login")).await;
+    assert!(second.is_hit(), "{}", second.cache_status());
+    assert_eq!(second.header("set-cookie"), None, "never shared");
+    assert_eq!(second.text(), "welcome");
+    assert_eq!(origin.hits(), 1);
+}
+
+/// Cache-Control directive names are case-insensitive, and an unterminated quoted string
+/// does not hide a later `no-store` (the library under the policy read both wrongly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_control_is_read_as_rfc_9111_says() {
+    let origin = Origin::start(|seen, _| {
+        let cc = if seen.uri.starts_with("/upper") {
+            "MAX-AGE=60"
+        } else {
+            "x=\"a, no-store, max-age=60"
+        };
+        Reply::ok("body", &[("cache-control", cc)])
+    })
+    .await;
+    let p = peer(|_| {}).await;
+    get(p.addr, &origin.url("/upper")).await;
+    let r = get(p.addr, &origin.url("/upper")).await;
+    assert!(r.is_hit(), "MAX-AGE=60 is max-age=60: {}", r.cache_status());
+    get(p.addr, &origin.url("/quote")).await;
+    let r = get(p.addr, &origin.url("/quote")).await;
+    assert!(
+        !r.is_hit(),
+        "no-store after an open quote: {}",
+        r.cache_status()
+    );
+    assert_eq!(origin.hits(), 3);
+}
+
+/// A request that arrives while a Vary'd fill streams, asking for another variant, gets
+/// its own variant, never the one being streamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_with_another_variant_gets_its_own() {
+    let origin = Origin::start(|seen, _| {
+        let lang = seen
+            .headers
+            .get("accept-language")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        Reply::ok(
+            lang.repeat(20_000),
+            &[("cache-control", "max-age=60"), ("vary", "accept-language")],
+        )
+        .throttle(4096, Duration::from_millis(10))
+    })
+    .await;
+    let p = peer(|_| {}).await;
+    let url = origin.url("/v");
+    let (addr, u) = (p.addr, url.clone());
+    let en = tokio::spawn(async move {
+        send(addr, "GET", &u, &[("accept-language", "en")])
+            .await
+            .unwrap()
+    });
+    // The en fill's head is out and its body streaming when de arrives.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let de = send(p.addr, "GET", &url, &[("accept-language", "de")])
+        .await
+        .unwrap();
+    let en = en.await.unwrap();
+    assert_eq!(en.body.as_ref(), "en".repeat(20_000).as_bytes());
+    assert_eq!(de.body.as_ref(), "de".repeat(20_000).as_bytes());
+    assert_eq!(origin.hits(), 2);
+}

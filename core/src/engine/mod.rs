@@ -609,7 +609,9 @@ impl Engine {
             .expect("just made")
             .clients
             .push(cid);
-        self.flights.lead(key, fid);
+        // A flight still under way for the key (another Vary selection's, which this
+        // request could not join) keeps its followers.
+        self.flights.lead_if_free(key, fid);
     }
 
     /// A GET for one range inside one segment of an object not stored whole: serve it from

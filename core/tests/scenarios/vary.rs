@@ -56,3 +56,45 @@ fn followers_with_another_variant_fetch_their_own() {
     assert_eq!(s.results[&de].text(), "de");
     assert_eq!(s.origin_hits(), 2);
 }
+
+/// A request that arrives while a fill streams (its head known) joins it only when the
+/// head's Vary selection matches its own; otherwise it was served the leader's variant.
+#[test]
+fn a_late_joiner_with_another_variant_fetches_its_own() {
+    let mut s = Sim::single(|req, _| {
+        let lang = req
+            .headers
+            .get("accept-language")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        Reply::ok(
+            &format!("{lang}-body"),
+            &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+        )
+    });
+    let en = s.send(0, "GET", URL, &[("accept-language", "en")]);
+    let (at, fetch, reply) = s.answer_head_only().unwrap();
+    let de = s.send(0, "GET", URL, &[("accept-language", "de")]);
+    let same = s.send(0, "GET", URL, &[("accept-language", "en")]);
+    s.input(
+        at,
+        larder_core::Input::UpstreamBody {
+            fetch,
+            chunk: bytes::Bytes::from(reply.body.clone()),
+        },
+    );
+    s.input(at, larder_core::Input::UpstreamEnd { fetch });
+    s.run();
+    assert_eq!(s.results[&en].text(), "en-body");
+    assert_eq!(
+        s.results[&same].text(),
+        "en-body",
+        "a matching joiner follows"
+    );
+    assert_eq!(
+        s.results[&de].text(),
+        "de-body",
+        "never the leader's variant"
+    );
+    assert_eq!(s.origin_hits(), 2);
+}
