@@ -21,6 +21,12 @@ pub const HOP: &str = "larder-hop";
 /// On a `PURGE` one peer fans out to the others: `local` means drop your own copies only,
 /// and tell nobody else.
 pub const PURGE_SCOPE: &str = "larder-purge-scope";
+/// On a peer's request for one segment of a large object: the version (length and
+/// validator, [`crate::segment::Version::to_field`]) the asking peer is assembling, or `?`
+/// when it does not know it yet. The receiver serves a stored copy of that version however
+/// old (the object was revalidated once, as a whole, by the asker), or fetches the origin.
+/// Adapters drop it from requests that are not peer traffic.
+pub const SEGMENT: &str = "larder-segment";
 /// `t=<unix seconds>,n=<nonce>,sig=<hex HMAC-SHA256>`.
 pub const AUTH: &str = "larder-peer-auth";
 /// How far a signature's timestamp may be from our clock, in seconds.

@@ -209,6 +209,97 @@ impl Segments {
     }
 }
 
+/// Which version of an object a segment belongs to: the object's length and validator.
+/// Every segment one response is made of must carry the same, so no response ever splices
+/// two versions of an object (the origin changed it between two segment fetches).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// The whole object's length, from `Content-Range`.
+    pub total: u64,
+    /// What tells two versions of the same length apart.
+    pub validator: Validator,
+}
+
+/// A segment's validator: a strong ETag, else Last-Modified (RFC 9110 §8.8: a weak ETag
+/// cannot vouch for bytes), else none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Validator {
+    /// A strong entity tag, quotes included.
+    ETag(String),
+    /// A `Last-Modified` date, as sent.
+    LastModified(String),
+    /// Neither: only the length tells versions apart.
+    None,
+}
+
+impl Version {
+    /// The version a segment's head describes, for an object of `total` bytes.
+    pub fn of(headers: &HeaderMap, total: u64) -> Self {
+        let get = |n: header::HeaderName| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let validator = match (get(header::ETAG), get(header::LAST_MODIFIED)) {
+            (Some(e), _) if !e.starts_with("W/") => Validator::ETag(e.to_owned()),
+            (_, Some(lm)) => Validator::LastModified(lm.to_owned()),
+            _ => Validator::None,
+        };
+        Version { total, validator }
+    }
+
+    /// Whether a validator backs it: without one, segments are kept only when the admin
+    /// allows it (`Config::segment_unvalidated`).
+    pub fn is_validated(&self) -> bool {
+        self.validator != Validator::None
+    }
+
+    /// The value of the peer field [`crate::hop::SEGMENT`]: `<total> etag <tag>`,
+    /// `<total> lm <date>` or `<total>`.
+    pub fn to_field(&self) -> String {
+        match &self.validator {
+            Validator::ETag(e) => format!("{} etag {e}", self.total),
+            Validator::LastModified(lm) => format!("{} lm {lm}", self.total),
+            Validator::None => self.total.to_string(),
+        }
+    }
+
+    /// Reads [`Version::to_field`]'s form back; `None` for anything else.
+    pub fn from_field(v: &str) -> Option<Self> {
+        let (total, rest) = match v.split_once(' ') {
+            Some((t, r)) => (t, Some(r)),
+            None => (v, None),
+        };
+        // Digits only: `+5` or ` 5` is not a length this crate wrote.
+        if total.is_empty() || !total.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let total: u64 = total.parse().ok()?;
+        let validator = match rest.map(|r| r.split_once(' ')) {
+            None => Validator::None,
+            Some(Some(("etag", e))) if !e.is_empty() && !e.starts_with("W/") => {
+                Validator::ETag(e.to_owned())
+            }
+            Some(Some(("lm", lm))) if !lm.is_empty() => Validator::LastModified(lm.to_owned()),
+            Some(_) => return None,
+        };
+        Some(Version { total, validator })
+    }
+}
+
+/// The key whose owner on the ring holds segment `index` of `object`. Segment 0 lives with
+/// the object's owner, which serves the object and learns its length and validator from it
+/// (and stores a small object whole instead); every other segment has an owner of its own,
+/// so the bytes of a large object spread over the cluster.
+pub fn placement(object: &crate::key::CacheKey, index: u64) -> crate::key::CacheKey {
+    match index {
+        0 => object.clone(),
+        i => object.segment(i),
+    }
+}
+
 /// Whether two answers describe the same representation (strong ETag, else Last-Modified):
 /// segments of one object fetched at different times must not be stitched across a change.
 pub fn same_representation(a: &HeaderMap, b: &HeaderMap) -> bool {

@@ -65,7 +65,10 @@ fn suffix_range_of_an_empty_body_is_not_a_206() {
         assert_eq!(r.header("content-range"), None);
         assert_eq!(r.text(), "");
     }
-    assert_eq!(s.origin_hits(), 1);
+    // The first GET asks for the first segment (416: there is no byte 0), then for the
+    // object plainly; the second is a hit.
+    assert_eq!(s.origin_hits(), 2);
+    assert!(!s.origin_log[1].1.headers.contains_key("range"));
 }
 
 /// `Cache-Control: max-age=18446744073709551615` panicked in the engine path: the client
@@ -119,11 +122,16 @@ fn far_future_clock_does_not_overflow() {
 
 /// An origin answering an unconditional fill with 304, or a fill without Range with 206,
 /// misbehaves: the client never asked for either. It gets a 502 that says why; nothing is
-/// stored.
+/// stored. (With segments on, a GET asks for the first segment: a 206 for other bytes is a
+/// segment mismatch, also a 502.)
 #[test]
 fn unsolicited_304_and_206_from_the_origin_are_502() {
-    for status in [304, 206] {
-        let mut s = Sim::single(move |_, _| {
+    for (status, segments) in [(304, true), (206, false), (206, true)] {
+        let cfg = Config {
+            segment_size: segments.then_some(1 << 21),
+            ..Config::default()
+        };
+        let mut s = Sim::new(1, cfg, move |_, _| {
             Reply::ok(
                 "part",
                 &[
@@ -135,11 +143,11 @@ fn unsolicited_304_and_206_from_the_origin_are_502() {
         });
         let r = s.get(URL, &[]);
         assert_eq!(r.status(), 502, "{status}: {}", r.cache_status());
-        assert!(
-            r.cache_status().contains("detail=origin-unsolicited"),
-            "{}",
-            r.cache_status()
-        );
+        let detail = match (status, segments) {
+            (206, true) => "detail=segment-mismatch",
+            _ => "detail=origin-unsolicited",
+        };
+        assert!(r.cache_status().contains(detail), "{}", r.cache_status());
         assert!(s.stored.is_empty());
         assert_eq!(s.engines[0].in_flight(), (0, 0));
     }

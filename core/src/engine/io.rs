@@ -202,6 +202,16 @@ pub enum Output {
         /// The next bytes, in order.
         chunk: Bytes,
     },
+    /// Next piece of a streamed body, read from a tier: send these pieces of the stored
+    /// entry next, in order with the `Body` outputs before and after it (a disk read must
+    /// finish before later chunks go out). A body the tier no longer holds aborts the
+    /// response. Used when a large object's response is assembled from its segments.
+    BodyStored {
+        /// A client whose response has `ResponseBody::Stream`.
+        client: ClientId,
+        /// Which entry, which tier, which bytes.
+        body: StoredBody,
+    },
     /// The streamed body is complete.
     End {
         /// The client whose response is now whole.

@@ -5,6 +5,7 @@
 //! [`Engine::poll_output`] until `None`, then wait for I/O or [`Engine::poll_timeout`].
 //! Every decision is an [`Output`]; the adapter only moves bytes and keeps time.
 
+mod assembly;
 mod deadlines;
 mod flights;
 mod hit_for_miss;
@@ -53,6 +54,13 @@ pub struct Config {
     pub peers: Vec<String>,
     /// Range segment size; `None` turns segment fetching off.
     pub segment_size: Option<u64>,
+    /// Segments of a large object fetched ahead of the one being sent to a client (each
+    /// buffers at most one segment for that client).
+    pub segment_read_ahead: usize,
+    /// Store large objects as segments even when the origin gives them no validator (no
+    /// strong ETag, no Last-Modified): only the length then tells two versions apart, so a
+    /// change that keeps the length could splice. Off: such objects are fetched whole.
+    pub segment_unvalidated: bool,
     /// How long a request waits behind another's fetch before fetching on its own.
     pub collapse_timeout: Duration,
     /// How long a key whose response could not be stored skips coalescing (hit-for-miss).
@@ -92,6 +100,8 @@ impl Default for Config {
             self_id: None,
             peers: Vec::new(),
             segment_size: Some(segment::DEFAULT_SEGMENT_SIZE),
+            segment_read_ahead: 3,
+            segment_unvalidated: false,
             collapse_timeout: Duration::from_secs(5),
             hit_for_miss: Duration::from_secs(120),
             passthrough: Vec::new(),
@@ -153,13 +163,15 @@ enum Phase {
         fetch: FetchId,
         window: Option<range::ByteRange>,
     },
+    /// Receiving a large object assembled from its segments (`Engine::assemblies`).
+    Assembling,
 }
 
 impl Phase {
     /// The fetch the client is attached to.
     fn fetch(self) -> Option<FetchId> {
         match self {
-            Phase::Unattached => None,
+            Phase::Unattached | Phase::Assembling => None,
             Phase::Waiting(f) | Phase::Streaming { fetch: f, .. } => Some(f),
         }
     }
@@ -167,7 +179,7 @@ impl Phase {
 
 impl Client {
     fn streaming(&self) -> bool {
-        matches!(self.phase, Phase::Streaming { .. })
+        matches!(self.phase, Phase::Streaming { .. } | Phase::Assembling)
     }
 
     /// A request not yet attached to anything: a URI miss until the lookup says otherwise.
@@ -189,11 +201,26 @@ enum FetchKind {
     Revalidate {
         variant: EntryId,
     },
+    /// One segment from the origin, stored here.
     Segment {
         index: u64,
     },
     /// A whole response from the key's owner, for this peer's hot copy.
     Remote,
+    /// Segment 0 of an object not known here, for a GET of it: a small object arrives
+    /// whole (stored as the key), a large one as its segment 0 (stored as such, its clients
+    /// served from segments), an origin ignoring Range answers 200 (a plain fill).
+    Probe,
+    /// One segment of a large object from the peer that owns it (not stored here).
+    Part {
+        index: u64,
+    },
+}
+
+impl FetchKind {
+    fn is_part(self) -> bool {
+        matches!(self, FetchKind::Part { .. })
+    }
 }
 
 #[derive(Debug)]
@@ -222,6 +249,8 @@ struct Fetch {
     /// it for the cache changed it (`no-cache="Set-Cookie"` strips the cookie from what is
     /// stored and shared, never from the answer to the request that asked for it).
     leader_head: Option<(ClientId, response::Parts)>,
+    /// Assembling clients this fetch feeds one segment of (`Engine::assemblies`).
+    feeds: Vec<ClientId>,
 }
 
 /// Requests for one key waiting on loads from the disk tier.
@@ -240,6 +269,10 @@ pub struct Engine {
     store: Store,
     segments: SegmentIndex,
     clients: HashMap<ClientId, Client>,
+    /// Responses of large objects being assembled from segments, by client.
+    assemblies: HashMap<ClientId, assembly::Assembly>,
+    /// Requests answered anew once because their object changed mid-assembly.
+    restarted: hashbrown::HashSet<ClientId>,
     fetches: HashMap<FetchId, Fetch>,
     flights: Flights,
     /// When waiting followers give up on their flight.
@@ -294,6 +327,8 @@ impl Engine {
             config,
             segments: SegmentIndex::default(),
             clients: HashMap::new(),
+            assemblies: HashMap::new(),
+            restarted: hashbrown::HashSet::new(),
             fetches: HashMap::new(),
             flights: Flights::default(),
             deadlines: Deadlines::default(),
@@ -364,10 +399,11 @@ impl Engine {
 
     /// The clients a fetch is feeding now (empty for an unknown fetch): adapters pace a
     /// fill by them (read on while any keeps up).
-    pub fn fetch_clients(&self, fetch: FetchId) -> &[ClientId] {
+    pub fn fetch_clients(&self, fetch: FetchId) -> impl Iterator<Item = ClientId> + '_ {
         self.fetches
             .get(&fetch)
-            .map_or(&[], |f| f.clients.as_slice())
+            .into_iter()
+            .flat_map(|f| f.clients.iter().chain(f.feeds.iter()).copied())
     }
 
     /// The next output, or `None` when drained.
@@ -420,6 +456,10 @@ impl Engine {
         debug_assert!(
             self.deadlines.len() <= self.clients.len(),
             "a deadline outlived its client"
+        );
+        debug_assert!(
+            self.assemblies.len() <= self.clients.len(),
+            "an assembly outlived its client"
         );
     }
 
@@ -501,6 +541,23 @@ impl Engine {
             });
             return;
         }
+        if let Some(field) = head.headers.get(crate::hop::SEGMENT) {
+            // A peer assembling a large object asks for one of its segments.
+            let version = match field.to_str() {
+                Ok("?") => Some(None),
+                Ok(v) => segment::Version::from_field(v).map(Some),
+                Err(_) => None,
+            };
+            if let (Some(version), &Method::GET) = (version, &head.method) {
+                let mut client = Client::new(head, key.clone());
+                client.replayed = replayed;
+                match self.serve_part(cid, client, version) {
+                    None => return,
+                    Some(c) => head = c.req,
+                }
+            }
+            head.headers.remove(crate::hop::SEGMENT);
+        }
         if !replayed && self.park_for_loads(cid, &key, &head) {
             return;
         }
@@ -549,6 +606,9 @@ impl Engine {
                 Reuse::NoMatch(_) => client.fwd = Fwd::VaryMiss,
             }
         }
+        if stale.is_none() && self.answer_from_segments(cid, &mut client) {
+            return;
+        }
         let cc = policy::directives::Directives::parse(&client.req.headers);
         if stale.is_some() {
             client.fwd = if cc.no_cache() || cc.has_max_age() || cc.has_min_fresh() {
@@ -584,11 +644,104 @@ impl Engine {
         if stale.is_none() && self.try_segment(cid, &mut client) {
             return;
         }
-        let (kind, sent) = match stale {
-            Some((variant, revalidate)) => (FetchKind::Revalidate { variant }, revalidate),
-            None => (FetchKind::Fill, policy::fill_request(&client.req)),
+        let (kind, sent) = match (stale, self.config.segment_size) {
+            (Some((variant, revalidate)), _) => (FetchKind::Revalidate { variant }, revalidate),
+            // A GET of an object not known here asks for its first segment: the answer
+            // tells a small object (whole) from a large one (served from segments).
+            (None, Some(size)) if client.req.method == Method::GET => {
+                let mut sent = policy::fill_request(&client.req);
+                sent.headers.insert(
+                    header::RANGE,
+                    Segments::new(size).range_header(0).parse().expect("ascii"),
+                );
+                (FetchKind::Probe, sent)
+            }
+            (None, _) => (FetchKind::Fill, policy::fill_request(&client.req)),
         };
         self.lead_new_flight(cid, client, key, sent, kind, None);
+    }
+
+    /// A peer's request for segment `index` of an object (its `Range` is exactly the
+    /// segment's bytes): served from a stored copy of the asked `version` however old (the
+    /// asker validated the object as a whole), or of any version while fresh when the asker
+    /// does not know it yet; otherwise fetched from the origin, coalesced, and stored here.
+    /// Hands the client back when the request is not such a request.
+    fn serve_part(
+        &mut self,
+        cid: ClientId,
+        client: Client,
+        version: Option<segment::Version>,
+    ) -> Option<Client> {
+        let Some(size) = self.config.segment_size else {
+            return Some(client);
+        };
+        let segs = Segments::new(size);
+        let specs = client
+            .req
+            .headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(range::parse);
+        let index = match specs.as_deref() {
+            Some([range::RangeSpec::FromTo(a, b)])
+                if a % size == 0 && segs.bounds(a / size, None).end == *b =>
+            {
+                a / size
+            }
+            _ => return Some(client),
+        };
+        let seg_key = client.key.segment(index);
+        if !client.replayed && self.park_for_loads(cid, &seg_key, &client.req) {
+            return None;
+        }
+        let ids: Vec<EntryId> = self
+            .store
+            .variants(&seg_key)
+            .iter()
+            .rev()
+            .copied()
+            .collect();
+        for id in ids {
+            let Some(e) = self.store.hot(id) else {
+                continue;
+            };
+            let reuse = self.policy.reuse(&e.stored, &client.req, self.now);
+            let usable = match &version {
+                Some(v) => {
+                    segment::Version::of(&e.head.headers, e.total.unwrap_or(e.body_len)) == *v
+                        && !matches!(reuse, Reuse::NoMatch(_))
+                }
+                None => matches!(reuse, Reuse::Fresh),
+            };
+            if usable {
+                let mut status = CacheStatus::hit(e.stored.ttl(self.now).as_secs() as i64);
+                status.detail = Some("segment");
+                self.store.touch(id);
+                self.clients.insert(cid, client);
+                self.answer_from_entry(cid, id, status);
+                return None;
+            }
+        }
+        let mut client = self.join_flight(cid, client, &seg_key)?;
+        let mut sent = policy::fill_request(&client.req);
+        sent.headers.remove(crate::hop::SEGMENT);
+        sent.headers.insert(
+            header::RANGE,
+            segs.range_header(index).parse().expect("ascii"),
+        );
+        let fid = self.start_fetch(
+            seg_key.clone(),
+            client.key.clone(),
+            sent,
+            FetchKind::Segment { index },
+        );
+        client.phase = Phase::Waiting(fid);
+        self.clients.insert(cid, client);
+        let f = self.fetches.get_mut(&fid).expect("just made");
+        f.clients.push(cid);
+        f.base = segs.start_of(index);
+        self.flights.lead(seg_key, fid);
+        None
     }
 
     /// Starts a fetch for `key` led by this client, which later requests may follow.
@@ -684,12 +837,17 @@ impl Engine {
             header::RANGE,
             segs.range_header(index).parse().expect("ascii"),
         );
-        let fid = self.start_fetch(
-            seg_key.clone(),
-            c.key.clone(),
-            sent,
-            FetchKind::Segment { index },
-        );
+        // The segment's owner fetches and keeps it; this peer only relays it.
+        let peers = self.part_peers(&c.key, index);
+        let kind = match peers {
+            Some(_) => {
+                sent.headers
+                    .insert(crate::hop::SEGMENT, http::HeaderValue::from_static("?"));
+                FetchKind::Part { index }
+            }
+            None => FetchKind::Segment { index },
+        };
+        let fid = self.start_fetch_via(seg_key.clone(), c.key.clone(), sent, kind, peers);
         c.phase = Phase::Waiting(fid);
         self.clients.insert(cid, c);
         let f = self.fetches.get_mut(&fid).expect("just made");
@@ -772,6 +930,7 @@ impl Engine {
                 retried: false,
                 peers: peers.clone(),
                 leader_head: None,
+                feeds: Vec::new(),
             },
         );
         self.outputs.push_back(match peers {
@@ -1203,7 +1362,10 @@ impl Engine {
         // Owned fields: a parser's values may be slices of a large read buffer, which a
         // stored head (and the policy's copy of it) would otherwise keep alive.
         head.headers = crate::heads::owned_fields(&head.headers);
-        let original = (!matches!(f.kind, FetchKind::Segment { .. }))
+        let original = matches!(
+            f.kind,
+            FetchKind::Fill | FetchKind::Revalidate { .. } | FetchKind::Probe
+        )
             .then(|| f.clients.first().copied())
             .flatten()
             .map(|leader| (leader, crate::heads::clone_response(&head)));
@@ -1297,7 +1459,8 @@ impl Engine {
                         f.not_stored = not_stored;
                         view.headers.insert(header::CONTENT_LENGTH, total.into());
                         let object = f.object_key.clone();
-                        self.drop_other_versions(&object, total, &view.headers);
+                        let version = segment::Version::of(&view.headers, total);
+                        self.drop_other_versions(&object, &version);
                         let f = self.fetches.get_mut(&fid).expect("exists");
                         f.head = Some(view);
                         self.after_head(fid);
@@ -1305,6 +1468,12 @@ impl Engine {
                     }
                     Ok(SegmentAnswer::WholeObject) => {
                         // The origin ignores Range: this is the whole object, a normal fill.
+                        // Assemblies cannot use it (they fetch the segment again, once).
+                        let feeds = std::mem::take(&mut f.feeds);
+                        if !feeds.is_empty() {
+                            self.feeds_failed(fid, feeds);
+                        }
+                        let f = self.fetches.get_mut(&fid).expect("exists");
                         let object_key = f.object_key.clone();
                         self.flights.land(&f.key, fid);
                         f.key = object_key.clone();
@@ -1329,16 +1498,108 @@ impl Engine {
                         return;
                     }
                     Err(e) => {
-                        let detail = match e {
-                            segment::SegmentError::Status(_) => "segment-status",
-                            segment::SegmentError::BadContentRange => "segment-bad-content-range",
-                            segment::SegmentError::Mismatch => "segment-mismatch",
-                        };
-                        self.fail_waiting(fid, StatusCode::BAD_GATEWAY, detail);
+                        self.fail_waiting(fid, StatusCode::BAD_GATEWAY, segment_detail(e));
                         self.drop_fetch(fid, true);
                         return;
                     }
                 }
+            }
+            FetchKind::Probe => {
+                let segs = Segments::new(
+                    self.config
+                        .segment_size
+                        .unwrap_or(segment::DEFAULT_SEGMENT_SIZE),
+                );
+                match segs.check(0, head.status, &head.headers) {
+                    Ok(SegmentAnswer::Segment { range, total }) if range.len() == total => {
+                        // A small object, whole: the 200 a plain GET gets, stored as the key.
+                        for h in std::iter::once(&mut head)
+                            .chain(f.leader_head.as_mut().map(|(_, h)| h))
+                        {
+                            h.status = StatusCode::OK;
+                            h.headers.remove(header::CONTENT_RANGE);
+                            h.headers.insert(header::CONTENT_LENGTH, total.into());
+                        }
+                        f.kind = FetchKind::Fill;
+                        f.sent.headers.remove(header::RANGE);
+                    }
+                    Ok(SegmentAnswer::Segment { range, total }) => {
+                        let version = segment::Version::of(&head.headers, total);
+                        if !version.is_validated() && !self.config.segment_unvalidated {
+                            // Nothing would tell two versions of its segments apart: fetch it
+                            // whole instead.
+                            let clients = std::mem::take(&mut f.clients);
+                            let key = f.key.clone();
+                            self.drop_fetch(fid, true);
+                            self.fill_for(key, clients);
+                            return;
+                        }
+                        // Segment 0 of a large object: stored as such; the clients are
+                        // served from segments, this fetch feeding them segment 0.
+                        f.total = Some(total);
+                        f.declared = Some(range.len());
+                        f.leader_head = None;
+                        let mut view = head;
+                        view.status = StatusCode::OK;
+                        view.headers.remove(header::CONTENT_RANGE);
+                        view.headers
+                            .insert(header::CONTENT_LENGTH, range.len().into());
+                        let mut judged = policy::fill_request(&f.sent);
+                        judged.headers.remove(header::RANGE);
+                        let (storing, not_stored) =
+                            split(self.policy.storable(&judged, &view, now));
+                        f.storing = storing;
+                        f.not_stored = not_stored;
+                        view.headers.insert(header::CONTENT_LENGTH, total.into());
+                        let object = f.object_key.clone();
+                        self.drop_other_versions(&object, &version);
+                        let f = self.fetches.get_mut(&fid).expect("exists");
+                        f.head = Some(view);
+                        self.after_head(fid);
+                        return;
+                    }
+                    Err(segment::SegmentError::Status(416)) => {
+                        // Not even byte 0: an empty object. Ask for it plainly.
+                        let clients = std::mem::take(&mut f.clients);
+                        let key = f.key.clone();
+                        self.drop_fetch(fid, true);
+                        self.fill_for(key, clients);
+                        return;
+                    }
+                    Ok(SegmentAnswer::WholeObject) | Err(segment::SegmentError::Status(_)) => {
+                        // The answer a plain GET gets (an origin ignoring Range, a 404 ...).
+                        f.kind = FetchKind::Fill;
+                        f.sent.headers.remove(header::RANGE);
+                    }
+                    Err(e) => {
+                        self.fail_waiting(fid, StatusCode::BAD_GATEWAY, segment_detail(e));
+                        self.drop_fetch(fid, true);
+                        return;
+                    }
+                }
+            }
+            FetchKind::Part { index } => {
+                let segs = Segments::new(
+                    self.config
+                        .segment_size
+                        .unwrap_or(segment::DEFAULT_SEGMENT_SIZE),
+                );
+                let Ok(SegmentAnswer::Segment { range, total }) =
+                    segs.check(index, head.status, &head.headers)
+                else {
+                    // The owner could not give it: fetch it from the origin here.
+                    self.part_to_origin(fid, true);
+                    return;
+                };
+                f.total = Some(total);
+                f.declared = Some(range.len());
+                let mut view = head;
+                view.status = StatusCode::OK;
+                view.headers.remove(header::CONTENT_RANGE);
+                view.headers.insert(header::CONTENT_LENGTH, total.into());
+                f.head = Some(view);
+                self.after_head(fid);
+                return;
             }
             FetchKind::Fill | FetchKind::Remote => {}
         }
@@ -1377,7 +1638,7 @@ impl Engine {
         let mut uncacheable = None;
         let f = self.fetches.get_mut(&fid).expect("exists");
         let mut released = Vec::new();
-        if f.storing.is_none() {
+        if f.storing.is_none() && !f.kind.is_part() {
             // Not storable (except for our own size limit): the response may be meant for
             // the leader alone. Release the followers; remember the key (hit-for-miss).
             let shareable = matches!(f.not_stored, Some(NotStored::TooLarge));
@@ -1419,6 +1680,7 @@ impl Engine {
         }
         let via = self.fetches.get(&fid).and_then(|f| f.peers.clone());
         self.release(released, Release::GiveUp, via);
+        self.feeds_head(fid);
         self.maybe_finish(fid);
     }
 
@@ -1447,6 +1709,7 @@ impl Engine {
         for cid in clients {
             self.deliver(cid, offset, &chunk);
         }
+        self.feeds_body(fid, offset, &chunk);
         self.maybe_finish(fid);
     }
 
@@ -1471,8 +1734,13 @@ impl Engine {
             head.headers
                 .insert(header::CONTENT_LENGTH, body.len().into());
             let total = match f.kind {
-                FetchKind::Segment { .. } => f.total,
+                FetchKind::Segment { .. } | FetchKind::Probe => f.total,
                 _ => None,
+            };
+            // A large object's first segment is stored as its segment 0.
+            let store_key = match f.kind {
+                FetchKind::Probe => f.object_key.segment(0),
+                _ => f.key.clone(),
             };
             let kept = if f.kind == FetchKind::Remote {
                 let kept = self.store_remote(f.key.clone(), stored, head, body);
@@ -1483,9 +1751,14 @@ impl Engine {
                 }
                 kept
             } else {
-                self.store_response(f.key.clone(), stored, &f.sent, head, body, total)
+                self.store_response(store_key, stored, &f.sent, head, body, total)
             };
-            if let (true, FetchKind::Segment { index }) = (kept, f.kind) {
+            let index = match f.kind {
+                FetchKind::Segment { index } => Some(index),
+                FetchKind::Probe => Some(0),
+                _ => None,
+            };
+            if let (true, Some(index)) = (kept, index) {
                 self.segments.add(SegmentKey {
                     object: f.object_key.clone(),
                     index,
@@ -1499,12 +1772,18 @@ impl Engine {
                 }
             }
         }
+        self.feeds_end(fid, f.feeds);
     }
 
     fn on_error(&mut self, fid: FetchId, error: UpstreamError) {
         let Some(f) = self.fetches.get(&fid) else {
             return;
         };
+        if f.head.is_none() && f.kind.is_part() {
+            // No owner could give the segment: fetch it from the origin here.
+            self.part_to_origin(fid, false);
+            return;
+        }
         if f.head.is_none() && f.kind == FetchKind::Remote {
             // No peer answered: serve the clients here, as a forward that failed would be.
             let clients = f.clients.clone();
@@ -1540,8 +1819,13 @@ impl Engine {
             return;
         }
         // Mid-body: everyone streaming sees an aborted response; nothing is stored.
-        let f = self.fetches.remove(&fid).expect("exists");
+        // Assemblies fetch the segment again instead.
+        let mut f = self.fetches.remove(&fid).expect("exists");
         self.flights.land(&f.key, fid);
+        let feeds = std::mem::take(&mut f.feeds);
+        if !feeds.is_empty() {
+            self.feeds_failed(fid, feeds);
+        }
         for cid in f.clients {
             if let Some(c) = self.take_client(cid) {
                 if c.streaming() {
@@ -1561,6 +1845,7 @@ impl Engine {
     }
 
     fn on_client_gone(&mut self, cid: ClientId) {
+        self.end_assembly(cid);
         let Some(c) = self.take_client(cid) else {
             return;
         };
@@ -1570,9 +1855,7 @@ impl Engine {
         };
         f.clients.retain(|x| *x != cid);
         // A fill worth storing goes on for later requests; anything else stops.
-        if f.clients.is_empty() && f.storing.is_none() && f.head.is_some() {
-            self.drop_fetch(fid, true);
-        }
+        self.maybe_finish(fid);
     }
 
     fn on_timeout(&mut self) {
@@ -1600,6 +1883,9 @@ impl Engine {
     /// Forgets a client (answered, gone or moved), with its deadline.
     fn take_client(&mut self, cid: ClientId) -> Option<Client> {
         self.deadlines.clear(cid);
+        if !self.restarted.is_empty() {
+            self.restarted.remove(&cid);
+        }
         self.clients.remove(&cid)
     }
 
@@ -1709,25 +1995,20 @@ impl Engine {
     }
 
     /// A segment answer describes the object as it is now: stored segments of another
-    /// length or validator belong to another version and are dropped, so no later plan (or
-    /// response) mixes the two.
-    fn drop_other_versions(&mut self, object: &CacheKey, total: u64, now: &http::HeaderMap) {
+    /// version (length or validator) are dropped, so no later plan (or response) mixes two.
+    fn drop_other_versions(&mut self, object: &CacheKey, now: &segment::Version) {
         let ix = self.segments.of(object);
         if ix.is_empty() {
             return;
         }
-        let has_validator = |h: &http::HeaderMap| {
-            h.contains_key(header::ETAG) || h.contains_key(header::LAST_MODIFIED)
-        };
         let other: Vec<u64> = ix
             .iter()
             .copied()
             .filter(|i| {
                 self.store.variants(&object.segment(*i)).iter().any(|id| {
                     self.store.hot(*id).is_some_and(|e| {
-                        e.total != Some(total)
-                            || ((has_validator(&e.head.headers) || has_validator(now))
-                                && !segment::same_representation(&e.head.headers, now))
+                        segment::Version::of(&e.head.headers, e.total.unwrap_or(e.body_len))
+                            != *now
                     })
                 })
             })
@@ -1794,6 +2075,9 @@ impl Engine {
             if cancel {
                 self.outputs.push_back(Output::CancelFetch { fetch: fid });
             }
+            if !f.feeds.is_empty() {
+                self.feeds_failed(fid, f.feeds);
+            }
         }
     }
 
@@ -1817,10 +2101,48 @@ impl Engine {
     /// A fetch with no clients left and nothing to store ends early.
     fn maybe_finish(&mut self, fid: FetchId) {
         if let Some(f) = self.fetches.get(&fid) {
-            if f.clients.is_empty() && f.storing.is_none() && f.head.is_some() {
+            if f.clients.is_empty()
+                && f.feeds.is_empty()
+                && f.storing.is_none()
+                && (f.head.is_some() || f.kind.is_part())
+            {
                 self.drop_fetch(fid, true);
             }
         }
+    }
+
+    /// A segment its owner could not give (no peer answered, or not with the segment):
+    /// fetched from the origin here instead, for the same clients and assemblies.
+    /// `cancel`: the peer fetch is still running.
+    fn part_to_origin(&mut self, fid: FetchId, cancel: bool) {
+        let Some(mut f) = self.fetches.remove(&fid) else {
+            return;
+        };
+        self.flights.land(&f.key, fid);
+        if cancel {
+            self.outputs.push_back(Output::CancelFetch { fetch: fid });
+        }
+        let FetchKind::Part { index } = f.kind else {
+            return;
+        };
+        f.sent.headers.remove(crate::hop::SEGMENT);
+        let nf = self.start_fetch(
+            f.key.clone(),
+            f.object_key.clone(),
+            f.sent,
+            FetchKind::Segment { index },
+        );
+        self.flights.lead_if_free(f.key, nf);
+        for cid in &f.clients {
+            if let Some(c) = self.clients.get_mut(cid) {
+                c.phase = Phase::Waiting(nf);
+            }
+        }
+        let n = self.fetches.get_mut(&nf).expect("just made");
+        n.base = f.base;
+        n.retried = true;
+        n.clients = f.clients;
+        self.move_feeds(fid, nf, f.feeds);
     }
 }
 
@@ -1878,6 +2200,15 @@ fn explain(detail: &str) -> &'static str {
             "the origin answered a range request inconsistently"
         }
         _ => "upstream failed",
+    }
+}
+
+/// The `Cache-Status` detail of a segment answer that cannot be used.
+fn segment_detail(e: segment::SegmentError) -> &'static str {
+    match e {
+        segment::SegmentError::Status(_) => "segment-status",
+        segment::SegmentError::BadContentRange => "segment-bad-content-range",
+        _ => "segment-mismatch",
     }
 }
 

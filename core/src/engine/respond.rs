@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header, response};
 
 /// What a client gets for a representation of `total` bytes.
-enum Shape {
+pub(super) enum Shape {
     Whole,
     Head,
     NotModified,
@@ -20,7 +20,7 @@ enum Shape {
     Unsatisfiable,
 }
 
-fn shape(req: &http::request::Parts, head: &response::Parts, total: Option<u64>) -> Shape {
+pub(super) fn shape(req: &http::request::Parts, head: &response::Parts, total: Option<u64>) -> Shape {
     if head.status == StatusCode::OK && conditional::is_not_modified(&req.headers, &head.headers) {
         return Shape::NotModified;
     }
@@ -50,7 +50,7 @@ fn shape(req: &http::request::Parts, head: &response::Parts, total: Option<u64>)
     }
 }
 
-fn set_status_headers(head: &mut response::Parts, status: &CacheStatus, age: Option<u64>) {
+pub(super) fn set_status_headers(head: &mut response::Parts, status: &CacheStatus, age: Option<u64>) {
     if let Some(age) = age {
         head.headers.insert(header::AGE, age.into());
     }
@@ -61,7 +61,7 @@ fn set_status_headers(head: &mut response::Parts, status: &CacheStatus, age: Opt
 }
 
 /// 416, with `Content-Range: bytes */total` when the length is known.
-fn unsatisfiable(total: Option<u64>) -> response::Parts {
+pub(super) fn unsatisfiable(total: Option<u64>) -> response::Parts {
     let mut out = http::Response::new(()).into_parts().0;
     out.status = StatusCode::RANGE_NOT_SATISFIABLE;
     if let Some(total) = total {
@@ -96,7 +96,7 @@ pub fn error_response(
     (head, body)
 }
 
-fn partial(head: &response::Parts, r: ByteRange, total: u64) -> response::Parts {
+pub(super) fn partial(head: &response::Parts, r: ByteRange, total: u64) -> response::Parts {
     let mut out = clone_response(head);
     out.status = StatusCode::PARTIAL_CONTENT;
     out.headers.insert(
@@ -109,7 +109,7 @@ fn partial(head: &response::Parts, r: ByteRange, total: u64) -> response::Parts 
 
 /// `multipart/byteranges` (RFC 9110 §14.6) for several ranges of a stored body: the
 /// boundaries made here, the ranges read from the tier.
-fn multipart(
+pub(super) fn multipart(
     head: &response::Parts,
     ranges: &[ByteRange],
     total: u64,
@@ -256,6 +256,21 @@ impl Engine {
         status.collapsed = client.collapsed;
         status.detail = f.not_stored.map(|n| n.as_str());
         let total = f.total;
+        if let (super::FetchKind::Probe, Some(total)) = (f.kind, total) {
+            // Segment 0 of a large object: the response is assembled from segments.
+            let whole = clone_response(head);
+            let version = crate::segment::Version::of(&head.headers, total);
+            let object = f.object_key.clone();
+            self.begin_assembly(
+                cid,
+                object,
+                version,
+                &whole,
+                (status, None),
+                Some(super::assembly::Source::Fetch(fid)),
+            );
+            return;
+        }
         let (mut out, window, body) = match shape(&client.req, head, total) {
             Shape::NotModified => (
                 conditional::not_modified_response(head),
@@ -269,7 +284,11 @@ impl Engine {
                 // is answered with the part it holds (its Content-Range says so), never a
                 // head that promises more than the stream will carry. If the object changed
                 // length since the plan, the range may miss the segment altogether.
-                if let (super::FetchKind::Segment { .. }, Some(held)) = (f.kind, f.declared) {
+                let piece = matches!(
+                    f.kind,
+                    super::FetchKind::Segment { .. } | super::FetchKind::Part { .. }
+                );
+                if let (true, Some(held)) = (piece, f.declared) {
                     let last = f.base.saturating_add(held).saturating_sub(1);
                     r.start = r.start.max(f.base);
                     r.end = r.end.min(last);

@@ -507,6 +507,24 @@ impl Driver {
                         }
                     }
                 }
+                Output::BodyStored { client, body: stored } => {
+                    let b = match stored.tier {
+                        Tier::Memory => self.hot.read(&stored),
+                        Tier::Disk => self.records.get(&stored.entry).and_then(|r| {
+                            let (_, body) = entry::decode(r).ok()?;
+                            larder_core::storage::assemble(&body, &stored.pieces)
+                        }),
+                    }
+                    .ok_or_else(|| fail(format!("{client:?} sent {stored:?}, not held")))?;
+                    let c = self
+                        .clients
+                        .get_mut(&client)
+                        .ok_or_else(|| fail(format!("BodyStored for unknown {client:?}")))?;
+                    if c.gone || !c.streaming || c.ended || c.aborted {
+                        return Err(fail(format!("BodyStored outside a stream for {client:?}")));
+                    }
+                    c.body.extend_from_slice(&b);
+                }
                 Output::End { client } => {
                     let c = self
                         .clients

@@ -330,6 +330,36 @@ impl Sim {
                     let (from, fetch, _) = self.relays[&client];
                     self.input(from, Input::UpstreamBody { fetch, chunk });
                 }
+                Output::BodyStored { client, body } => {
+                    let bytes = match body.tier {
+                        Tier::Memory => self.memory[at].read(&body),
+                        Tier::Disk => self.disk[at].get(&body.entry).and_then(|rec| {
+                            let (_, b) = entry::decode(rec).ok()?;
+                            larder_core::storage::assemble(&b, &body.pieces)
+                        }),
+                    };
+                    let Some(chunk) = bytes else {
+                        // The tier lost it: the adapter aborts the response.
+                        match self.relays.remove(&client) {
+                            Some((from, fetch, _)) => {
+                                let error = UpstreamError::Truncated;
+                                self.input(from, Input::UpstreamError { fetch, error });
+                            }
+                            None => self.results.get_mut(&client).unwrap().aborted = true,
+                        }
+                        continue;
+                    };
+                    match self.relays.get(&client) {
+                        Some(&(from, fetch, _)) => {
+                            self.input(from, Input::UpstreamBody { fetch, chunk })
+                        }
+                        None => {
+                            let r = self.results.get_mut(&client).unwrap();
+                            assert!(r.head.is_some() && !r.ended, "body outside a stream");
+                            r.body.extend_from_slice(&chunk);
+                        }
+                    }
+                }
                 Output::End { client } if self.relays.contains_key(&client) => {
                     let (from, fetch, _) = self.relays.remove(&client).expect("checked");
                     self.input(from, Input::UpstreamEnd { fetch });
