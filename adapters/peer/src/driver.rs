@@ -15,6 +15,7 @@ use larder_core::{
     ClientId, Engine, EntryId, FetchId, Input, MemoryTier, Outcome, Output, ResponseBody, Route,
     StorageError, StoredBody, Tier,
 };
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -175,6 +176,17 @@ struct Inner {
     fetches: HashMap<FetchId, AbortHandle>,
     /// The hot tier: bodies the engine's index says are in memory.
     memory: MemoryTier,
+    /// Clients whose body is being read from disk mid-stream (`Output::BodyStored`): what
+    /// the engine says next waits here, in order, until the read is done.
+    chains: HashMap<ClientId, VecDeque<Chained>>,
+}
+
+/// An event held behind a disk read of the same client's body (most are body chunks, the
+/// rare head-sized event is as large as it needs to be).
+#[allow(clippy::large_enum_variant)]
+enum Chained {
+    Event(ClientEvent),
+    Disk(StoredBody),
 }
 
 /// A write or delete for the disk tier, carried out in order by one writer thread (a
@@ -226,6 +238,7 @@ impl Driver {
                 clients: HashMap::new(),
                 fetches: HashMap::new(),
                 memory: MemoryTier::new(),
+                chains: HashMap::new(),
             }),
             due: tokio::sync::watch::Sender::new(None),
             next_client: AtomicU64::new(1),
@@ -362,6 +375,7 @@ impl Driver {
     /// The client's connection is done with this request.
     pub fn release(self: &Arc<Self>, id: ClientId) {
         let mut inner = self.lock();
+        inner.chains.remove(&id);
         if inner.clients.remove(&id).is_some() {
             self.input_locked(&mut inner, Input::ClientGone { client: id });
         }
@@ -471,8 +485,78 @@ impl Driver {
             if let ClientEvent::Body(b) = &ev {
                 lane.backlog.fetch_add(b.len(), Ordering::Relaxed);
             }
-            let _ = tx.send(ev);
+            match inner.chains.get_mut(&client) {
+                Some(held) => held.push_back(Chained::Event(ev)),
+                None => {
+                    let _ = tx.send(ev);
+                }
+            }
         }
+    }
+
+    /// Sends pieces of a stored entry as the next part of a streamed body: a memory read
+    /// at once, a disk read streamed, with what follows held until it is done.
+    fn send_stored(self: &Arc<Self>, inner: &mut Inner, client: ClientId, body: StoredBody) {
+        if body.tier == Tier::Memory {
+            let ev = match inner.memory.read(&body) {
+                Some(b) => {
+                    self.metrics.bytes_from_cache.inc_by(b.len() as u64);
+                    ClientEvent::Body(b)
+                }
+                None => ClientEvent::Abort,
+            };
+            return Self::send(inner, client, ev);
+        }
+        if let Some(held) = inner.chains.get_mut(&client) {
+            held.push_back(Chained::Disk(body));
+            return;
+        }
+        self.stream_chained(inner, client, body);
+    }
+
+    /// Starts a disk read for a client's body; what the engine sends meanwhile is held.
+    fn stream_chained(self: &Arc<Self>, inner: &mut Inner, client: ClientId, body: StoredBody) {
+        let Some((tx, lane)) = inner.clients.get(&client).cloned() else {
+            return;
+        };
+        let opened = self.disk.get().map(|l| l.disk.open_body(body.entry));
+        let Some(Ok(file)) = opened else {
+            inner.chains.remove(&client);
+            let _ = tx.send(ClientEvent::Abort);
+            return;
+        };
+        inner.chains.entry(client).or_default();
+        let (me, metrics) = (self.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            if stream_from_disk(Arc::new(file), body.pieces, tx.clone(), lane, metrics).await {
+                me.chain_next(client);
+            } else {
+                me.lock().chains.remove(&client);
+            }
+        });
+    }
+
+    /// A client's disk read is done: send what was held, up to the next disk read.
+    fn chain_next(self: &Arc<Self>, client: ClientId) {
+        let mut inner = self.lock();
+        let Some(tx) = inner.clients.get(&client).map(|(tx, _)| tx.clone()) else {
+            inner.chains.remove(&client);
+            return;
+        };
+        while let Some(next) = inner.chains.get_mut(&client).and_then(VecDeque::pop_front) {
+            match next {
+                Chained::Event(ev) => {
+                    let _ = tx.send(ev);
+                }
+                Chained::Disk(body) => {
+                    let rest = inner.chains.remove(&client).unwrap_or_default();
+                    self.stream_chained(&mut inner, client, body);
+                    inner.chains.insert(client, rest);
+                    return;
+                }
+            }
+        }
+        inner.chains.remove(&client);
     }
 
     /// Feeds a body chunk; true when the fill may read on at once (no client of it is
@@ -481,10 +565,10 @@ impl Driver {
         let mut inner = self.lock();
         self.input_locked(&mut inner, Input::UpstreamBody { fetch, chunk });
         let inner = &*inner;
-        !inner.engine.fetch_clients(fetch).iter().any(|c| {
+        !inner.engine.fetch_clients(fetch).any(|c| {
             inner
                 .clients
-                .get(c)
+                .get(&c)
                 .is_some_and(|(_, lane)| lane.live() && lane.behind())
         })
     }
@@ -495,8 +579,7 @@ impl Driver {
         inner
             .engine
             .fetch_clients(fetch)
-            .iter()
-            .filter_map(|c| inner.clients.get(c).map(|(_, l)| l.clone()))
+            .filter_map(|c| inner.clients.get(&c).map(|(_, l)| l.clone()))
             .collect()
     }
 
@@ -579,6 +662,7 @@ impl Driver {
                 },
             ),
             Output::Body { client, chunk } => Self::send(inner, client, ClientEvent::Body(chunk)),
+            Output::BodyStored { client, body } => self.send_stored(inner, client, body),
             Output::End { client } => Self::send(inner, client, ClientEvent::End),
             Output::Abort { client } => Self::send(inner, client, ClientEvent::Abort),
             Output::Forward {
@@ -774,13 +858,11 @@ impl Driver {
             },
         );
         let metrics = self.metrics.clone();
-        tokio::spawn(stream_from_disk(
-            Arc::new(file),
-            stored.pieces,
-            tx,
-            lane,
-            metrics,
-        ));
+        tokio::spawn(async move {
+            if stream_from_disk(Arc::new(file), stored.pieces, tx.clone(), lane, metrics).await {
+                let _ = tx.send(ClientEvent::End);
+            }
+        });
     }
 
     /// Delivers `Input::Timeout` when the engine's next deadline comes (collapse deadlines).
@@ -833,13 +915,14 @@ fn stored_body_missing() -> ClientEvent {
 
 /// Streams pieces of a disk entry to one client, 256 KiB at a time, waiting while the
 /// client is behind; a read error aborts the response (the client sees it truncated).
+/// True when every piece was sent.
 async fn stream_from_disk(
     file: Arc<BodyFile>,
     pieces: Vec<Piece>,
     tx: mpsc::UnboundedSender<ClientEvent>,
     lane: Arc<Lane>,
     metrics: Arc<Metrics>,
-) {
+) -> bool {
     let send = |b: Bytes| {
         lane.backlog.fetch_add(b.len(), Ordering::Relaxed);
         tx.send(ClientEvent::Body(b)).is_ok()
@@ -848,7 +931,7 @@ async fn stream_from_disk(
         match piece {
             Piece::Literal(b) => {
                 if !send(b) {
-                    return;
+                    return false;
                 }
             }
             Piece::Slice { mut start, mut len } => {
@@ -857,7 +940,7 @@ async fn stream_from_disk(
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     if !lane.live() || tx.is_closed() {
-                        return;
+                        return false;
                     }
                     let f = file.clone();
                     let read = tokio::task::spawn_blocking(move || {
@@ -868,20 +951,20 @@ async fn stream_from_disk(
                         Ok(Ok(c)) if !c.is_empty() => c,
                         _ => {
                             let _ = tx.send(ClientEvent::Abort);
-                            return;
+                            return false;
                         }
                     };
                     start += chunk.len() as u64;
                     len -= chunk.len() as u64;
                     metrics.bytes_from_cache.inc_by(chunk.len() as u64);
                     if !send(chunk) {
-                        return;
+                        return false;
                     }
                 }
             }
         }
     }
-    let _ = tx.send(ClientEvent::End);
+    true
 }
 
 /// The disk writer: carries out writes and deletes in order; a failed write is reported

@@ -462,8 +462,9 @@ async fn route(
         }
     }
     if !from_peer {
-        // Only a peer may limit a purge to one node.
+        // Only a peer may limit a purge to one node, or ask for a segment by version.
         parts.headers.remove(larder_core::hop::PURGE_SCOPE);
+        parts.headers.remove(larder_core::hop::SEGMENT);
     }
     for h in [
         larder_core::hop::HOP,

@@ -364,6 +364,16 @@ impl Edge {
         match out {
             Output::Respond { head, body, .. } => self.respond(head, body).await,
             Output::Body { chunk, .. } => self.send(Ok(http_body::Frame::data(chunk))).await,
+            // Segments are off here, so the engine never assembles a body from them; were it
+            // to, the stored piece is read and sent in order like any chunk.
+            Output::BodyStored { body, .. } => match self.read_stored(&body).await {
+                Some(chunk) => self.send(Ok(http_body::Frame::data(chunk))).await,
+                None => {
+                    self.send(Err(std::io::Error::other("stored body unreadable")))
+                        .await;
+                    self.body_tx = None;
+                }
+            },
             Output::End { .. } => {}
             Output::Abort { .. } => {
                 // The client sees a broken body, never a short one that looks whole.

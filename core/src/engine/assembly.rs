@@ -169,9 +169,7 @@ impl Engine {
         };
         let total = version.total;
         let (mut head, pieces) = match super::respond::shape(&client.req, whole, Some(total)) {
-            super::respond::Shape::NotModified => {
-                (conditional::not_modified_response(whole), None)
-            }
+            super::respond::Shape::NotModified => (conditional::not_modified_response(whole), None),
             super::respond::Shape::Head => (crate::heads::clone_response(whole), None),
             super::respond::Shape::Unsatisfiable => {
                 (super::respond::unsatisfiable(Some(total)), None)
@@ -441,7 +439,10 @@ impl Engine {
             Some(_) => {
                 sent.headers.insert(
                     crate::hop::SEGMENT,
-                    version.to_field().parse().unwrap_or_else(|_| "?".parse().expect("ascii")),
+                    version
+                        .to_field()
+                        .parse()
+                        .unwrap_or_else(|_| "?".parse().expect("ascii")),
                 );
                 FetchKind::Part { index }
             }
@@ -494,15 +495,20 @@ impl Engine {
         version: &Version,
         req: &request::Parts,
     ) -> Option<EntryId> {
-        self.store.variants(seg_key).iter().rev().copied().find(|id| {
-            self.store.hot(*id).is_some_and(|e| {
-                Version::of(&e.head.headers, e.total.unwrap_or(e.body_len)) == *version
-                    && !matches!(
-                        self.policy.reuse(&e.stored, req, self.now),
-                        Reuse::NoMatch(_)
-                    )
+        self.store
+            .variants(seg_key)
+            .iter()
+            .rev()
+            .copied()
+            .find(|id| {
+                self.store.hot(*id).is_some_and(|e| {
+                    Version::of(&e.head.headers, e.total.unwrap_or(e.body_len)) == *version
+                        && !matches!(
+                            self.policy.reuse(&e.stored, req, self.now),
+                            Reuse::NoMatch(_)
+                        )
+                })
             })
-        })
     }
 
     /// The peers to ask for segment `index` of `object`, owner first; `None` when this

@@ -1366,9 +1366,9 @@ impl Engine {
             f.kind,
             FetchKind::Fill | FetchKind::Revalidate { .. } | FetchKind::Probe
         )
-            .then(|| f.clients.first().copied())
-            .flatten()
-            .map(|leader| (leader, crate::heads::clone_response(&head)));
+        .then(|| f.clients.first().copied())
+        .flatten()
+        .map(|leader| (leader, crate::heads::clone_response(&head)));
         // Every head is judged in its prepared form (Age and delta-seconds clamped), whatever
         // kind of fetch it answers: hostile numbers must reach no arithmetic unclamped.
         self.policy.prepare_response(&mut head);
@@ -1513,8 +1513,8 @@ impl Engine {
                 match segs.check(0, head.status, &head.headers) {
                     Ok(SegmentAnswer::Segment { range, total }) if range.len() == total => {
                         // A small object, whole: the 200 a plain GET gets, stored as the key.
-                        for h in std::iter::once(&mut head)
-                            .chain(f.leader_head.as_mut().map(|(_, h)| h))
+                        for h in
+                            std::iter::once(&mut head).chain(f.leader_head.as_mut().map(|(_, h)| h))
                         {
                             h.status = StatusCode::OK;
                             h.headers.remove(header::CONTENT_RANGE);
@@ -2007,8 +2007,7 @@ impl Engine {
             .filter(|i| {
                 self.store.variants(&object.segment(*i)).iter().any(|id| {
                     self.store.hot(*id).is_some_and(|e| {
-                        segment::Version::of(&e.head.headers, e.total.unwrap_or(e.body_len))
-                            != *now
+                        segment::Version::of(&e.head.headers, e.total.unwrap_or(e.body_len)) != *now
                     })
                 })
             })

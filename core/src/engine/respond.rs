@@ -20,7 +20,11 @@ pub(super) enum Shape {
     Unsatisfiable,
 }
 
-pub(super) fn shape(req: &http::request::Parts, head: &response::Parts, total: Option<u64>) -> Shape {
+pub(super) fn shape(
+    req: &http::request::Parts,
+    head: &response::Parts,
+    total: Option<u64>,
+) -> Shape {
     if head.status == StatusCode::OK && conditional::is_not_modified(&req.headers, &head.headers) {
         return Shape::NotModified;
     }
@@ -50,7 +54,11 @@ pub(super) fn shape(req: &http::request::Parts, head: &response::Parts, total: O
     }
 }
 
-pub(super) fn set_status_headers(head: &mut response::Parts, status: &CacheStatus, age: Option<u64>) {
+pub(super) fn set_status_headers(
+    head: &mut response::Parts,
+    status: &CacheStatus,
+    age: Option<u64>,
+) {
     if let Some(age) = age {
         head.headers.insert(header::AGE, age.into());
     }

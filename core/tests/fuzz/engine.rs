@@ -507,7 +507,10 @@ impl Driver {
                         }
                     }
                 }
-                Output::BodyStored { client, body: stored } => {
+                Output::BodyStored {
+                    client,
+                    body: stored,
+                } => {
                     let b = match stored.tier {
                         Tier::Memory => self.hot.read(&stored),
                         Tier::Disk => self.records.get(&stored.entry).and_then(|r| {

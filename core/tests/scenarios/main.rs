@@ -15,6 +15,7 @@ mod invalidation;
 mod purge;
 mod ranges;
 mod routing;
+mod segments;
 mod sim_checks;
 mod storability;
 mod vary;

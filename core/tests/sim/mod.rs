@@ -294,6 +294,20 @@ impl Sim {
 
     fn drain(&mut self, at: usize) {
         while let Some(out) = self.engines[at].poll_output() {
+            // A relay cancelled while this peer's outputs were being drained (the asker's
+            // reaction to an earlier one): what follows for it goes nowhere, as a real
+            // adapter drops outputs for a connection already closed.
+            let to = match &out {
+                Output::Respond { client, .. }
+                | Output::Body { client, .. }
+                | Output::BodyStored { client, .. }
+                | Output::End { client }
+                | Output::Abort { client } => Some(*client),
+                _ => None,
+            };
+            if to.is_some_and(|c| c.0 > u64::MAX / 2 && !self.relays.contains_key(&c)) {
+                continue;
+            }
             match out {
                 Output::Respond {
                     client, head, body, ..
@@ -465,7 +479,10 @@ impl Sim {
                     r.body.extend_from_slice(&chunk);
                 }
                 Output::End { client } => {
-                    let r = self.results.get_mut(&client).unwrap();
+                    let r = self
+                        .results
+                        .get_mut(&client)
+                        .unwrap_or_else(|| panic!("End for unknown {client:?} at {at}"));
                     assert!(!r.ended, "ended twice");
                     r.ended = true;
                 }
