@@ -54,6 +54,15 @@ pub struct Args {
     /// Range segment size for large objects [default: 2MiB]; 0 turns segments off.
     #[arg(long, env = "LARDER_SEGMENT_SIZE")]
     pub segment_size: Option<String>,
+    /// Segments of a large object fetched ahead of the one a client is reading
+    /// [default: 3]; each buffers at most one segment per client.
+    #[arg(long, env = "LARDER_SEGMENT_READ_AHEAD")]
+    pub segment_read_ahead: Option<usize>,
+    /// Store large objects as segments even without a validator (no strong ETag, no
+    /// Last-Modified): only their length then tells versions apart [default: false, such
+    /// objects are fetched whole].
+    #[arg(long, env = "LARDER_SEGMENT_UNVALIDATED")]
+    pub segment_unvalidated: Option<bool>,
     /// Memory (part of --memory) for hot copies of keys other peers own, served here
     /// within their freshness [default: 1/8 of --memory in a cluster]; 0 turns it off.
     #[arg(long, env = "LARDER_HOT_MEMORY")]
@@ -123,6 +132,8 @@ struct FileConfig {
     private: Option<bool>,
     ring: Option<String>,
     segment_size: Option<String>,
+    segment_read_ahead: Option<usize>,
+    segment_unvalidated: Option<bool>,
     hot_memory: Option<String>,
     hot_after: Option<u32>,
     #[serde(rename = "self")]
@@ -347,6 +358,11 @@ impl Args {
             } else {
                 Some(segment_size)
             },
+            segment_read_ahead: or(self.segment_read_ahead, file.segment_read_ahead)
+                .unwrap_or(3)
+                .min(64),
+            segment_unvalidated: or(self.segment_unvalidated, file.segment_unvalidated)
+                .unwrap_or(false),
             passthrough,
             // Only a peer of a cluster has remote keys to keep.
             hot_memory: if peers.is_empty() { 0 } else { hot_memory },

@@ -116,6 +116,15 @@ impl Part {
     }
 }
 
+/// The request a segment fetch sends: the client's, without Range or conditions, and
+/// without its `Via` (a new request of this peer's, not the client's passing through: the
+/// entry peer that forwarded it may own a segment, and would see itself in it as a loop).
+pub(super) fn part_request(client: &request::Parts) -> request::Parts {
+    let mut r = policy::fill_request(client);
+    r.headers.remove(header::VIA);
+    r
+}
+
 /// The segment indexes the remaining pieces need, in order, at most `limit` of them.
 fn needed(pieces: &VecDeque<Piece>, segs: Segments, limit: usize) -> Vec<u64> {
     let mut out: Vec<u64> = Vec::with_capacity(limit);
@@ -236,7 +245,7 @@ impl Engine {
         let request = {
             let c = self.clients.get_mut(&cid).expect("checked");
             c.phase = Phase::Assembling;
-            policy::fill_request(&c.req)
+            part_request(&c.req)
         };
         self.deadlines.clear(cid);
         let mut a = Assembly {

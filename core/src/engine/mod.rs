@@ -832,7 +832,7 @@ impl Engine {
             None => return true,
             Some(c) => c,
         };
-        let mut sent = policy::fill_request(&c.req);
+        let mut sent = assembly::part_request(&c.req);
         sent.headers.insert(
             header::RANGE,
             segs.range_header(index).parse().expect("ascii"),

@@ -128,6 +128,51 @@ pub fn start(args: &[&str]) -> Peer {
     panic!("larder could not listen on any of 5 ports");
 }
 
+/// `n` `larder` processes that know each other (`--self`, `--peers`) on free loopback
+/// ports, each also given `args`.
+pub fn start_cluster(n: usize, args: &[&str]) -> Vec<Peer> {
+    let bin = std::env::var("LARDER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_larder").into());
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let peers = urls.join(",");
+    let mut out: Vec<Peer> = Vec::new();
+    for (port, me) in ports.iter().zip(&urls) {
+        let child = Command::new(&bin)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--self", me, "--peers", &peers])
+            .args(args)
+            .env("LARDER_ALLOW_DESTINATION", "127.0.0.0/8")
+            .env("LARDER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("larder binary");
+        out.push(Peer { child, port: *port });
+    }
+    for p in &mut out {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", p.port)).is_err() {
+            assert!(p.alive(), "larder on {} exited", p.port);
+            assert!(Instant::now() < deadline, "larder did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    out
+}
+
+/// One value of a peer's `/metrics` (the first line whose name and labels match).
+pub fn metric(port: u16, series: &str) -> f64 {
+    let (_, body) = exchange(port, "/metrics", &[], Duration::from_secs(5)).expect("metrics");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Peak resident memory of a process (VmHWM), in bytes.
 pub fn peak_rss(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
