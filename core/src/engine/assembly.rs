@@ -15,6 +15,16 @@ use bytes::Bytes;
 use http::{header, request, response};
 use std::collections::{BTreeMap, VecDeque};
 
+/// What a large object's stored segment 0 says about a request.
+pub(super) enum Segment0 {
+    /// Answered from the segments (or parked for a disk load).
+    Answered,
+    /// Stored but stale: revalidate it with this request.
+    Stale(EntryId, request::Parts),
+    /// Not stored here.
+    Unknown,
+}
+
 /// One client's response made of an object's segments.
 #[derive(Debug)]
 pub(super) struct Assembly {
@@ -766,15 +776,15 @@ impl Engine {
         &mut self,
         cid: ClientId,
         client: &mut super::Client,
-    ) -> bool {
+    ) -> Segment0 {
         if self.config.segment_size.is_none() {
-            return false;
+            return Segment0::Unknown;
         }
         let seg0 = client.key.segment(0);
         if !client.replayed {
             let head = crate::heads::clone_request(&client.req);
             if self.park_for_loads(cid, &seg0, &head) {
-                return true;
+                return Segment0::Answered;
             }
         }
         let ids: Vec<EntryId> = self.store.variants(&seg0).iter().rev().copied().collect();
@@ -787,7 +797,11 @@ impl Engine {
             };
             match self.policy.reuse(&e.stored, &client.req, self.now) {
                 Reuse::Fresh => {}
-                Reuse::Stale { .. } => return false,
+                Reuse::Stale { revalidate, .. } => {
+                    let mut sent = *revalidate;
+                    sent.headers.remove(header::VIA);
+                    return Segment0::Stale(id, sent);
+                }
                 Reuse::NoMatch(_) => continue,
             }
             let version = Version::of(&e.head.headers, total);
@@ -807,8 +821,33 @@ impl Engine {
                 (status, Some(age)),
                 Some(Source::Stored(id)),
             );
-            return true;
+            return Segment0::Answered;
         }
-        false
+        Segment0::Unknown
+    }
+
+    /// Answers a client from a stored entry: a large object's segment 0 starts a response
+    /// assembled from the segments, anything else is answered as it is.
+    pub(super) fn answer_or_assemble(&mut self, cid: ClientId, id: EntryId, status: CacheStatus) {
+        let segment0 = self.store.slot(id).and_then(|s| s.key.as_segment());
+        let e = self.store.hot(id);
+        let (Some(seg), Some(e)) = (segment0, e) else {
+            return self.answer_from_entry(cid, id, status);
+        };
+        let Some(total) = e.total.filter(|_| seg.index == 0) else {
+            return self.answer_from_entry(cid, id, status);
+        };
+        let version = Version::of(&e.head.headers, total);
+        let mut whole = crate::heads::clone_response(&e.head);
+        whole.headers.insert(header::CONTENT_LENGTH, total.into());
+        let age = e.stored.age(self.now).as_secs();
+        self.begin_assembly(
+            cid,
+            seg.object,
+            version,
+            &whole,
+            (status, Some(age)),
+            Some(Source::Stored(id)),
+        );
     }
 }

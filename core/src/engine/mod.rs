@@ -606,8 +606,16 @@ impl Engine {
                 Reuse::NoMatch(_) => client.fwd = Fwd::VaryMiss,
             }
         }
-        if stale.is_none() && self.answer_from_segments(cid, &mut client) {
-            return;
+        let mut stale_segments = None;
+        if stale.is_none() {
+            match self.answer_from_segments(cid, &mut client) {
+                assembly::Segment0::Answered => return,
+                assembly::Segment0::Stale(id, revalidate) => {
+                    client.fwd = Fwd::Stale;
+                    stale_segments = Some((id, revalidate));
+                }
+                assembly::Segment0::Unknown => {}
+            }
         }
         let cc = policy::directives::Directives::parse(&client.req.headers);
         if stale.is_some() {
@@ -646,6 +654,17 @@ impl Engine {
         }
         let (kind, sent) = match (stale, self.config.segment_size) {
             (Some((variant, revalidate)), _) => (FetchKind::Revalidate { variant }, revalidate),
+            // A large object gone stale is revalidated once, as a whole, through its first
+            // segment: a 304 makes segment 0 fresh, and the other segments of its version
+            // serve however old they are.
+            (None, Some(size)) if stale_segments.is_some() => {
+                let (variant, mut sent) = stale_segments.expect("checked");
+                sent.headers.insert(
+                    header::RANGE,
+                    Segments::new(size).range_header(0).parse().expect("ascii"),
+                );
+                (FetchKind::Revalidate { variant }, sent)
+            }
             // A GET of an object not known here asks for its first segment: the answer
             // tells a small object (whole) from a large one (served from segments).
             (None, Some(size)) if client.req.method == Method::GET => {
@@ -1374,6 +1393,24 @@ impl Engine {
         self.policy.prepare_response(&mut head);
         f.leader_head = original.filter(|(_, o)| o.headers != head.headers);
         f.upstream_status = Some(head.status.as_u16());
+        if let FetchKind::Revalidate { variant } = f.kind {
+            // A large object's revalidation that did not end in 304 (a new version, an error)
+            // is answered as a first-segment probe is.
+            let segment0 = self
+                .store
+                .slot(variant)
+                .and_then(|s| s.key.as_segment())
+                .is_some_and(|k| k.index == 0);
+            if segment0 && head.status != StatusCode::NOT_MODIFIED {
+                let server_error = head.status.is_server_error();
+                if server_error && self.serve_stale_on_error(fid, variant, "stale-if-error", true) {
+                    return;
+                }
+                let f = self.fetches.get_mut(&fid).expect("exists");
+                f.kind = FetchKind::Probe;
+            }
+        }
+        let f = self.fetches.get_mut(&fid).expect("exists");
         match f.kind {
             FetchKind::Revalidate { variant } => {
                 if head.status == StatusCode::NOT_MODIFIED {
@@ -1989,7 +2026,7 @@ impl Engine {
             s.fwd = Some(Fwd::Stale);
             s.fwd_status = status;
             s.detail = Some(detail);
-            self.answer_from_entry(cid, variant, s);
+            self.answer_or_assemble(cid, variant, s);
         }
         true
     }
@@ -2063,7 +2100,7 @@ impl Engine {
             s.fwd_status = Some(304);
             s.stored = stored;
             s.collapsed = c.collapsed;
-            self.answer_from_entry(cid, variant, s);
+            self.answer_or_assemble(cid, variant, s);
         }
     }
 
