@@ -20,7 +20,7 @@ pub(super) enum Segment0 {
     /// Answered from the segments (or parked for a disk load).
     Answered,
     /// Stored but stale: revalidate it with this request.
-    Stale(EntryId, request::Parts),
+    Stale(EntryId, Box<request::Parts>),
     /// Not stored here.
     Unknown,
 }
@@ -798,7 +798,7 @@ impl Engine {
             match self.policy.reuse(&e.stored, &client.req, self.now) {
                 Reuse::Fresh => {}
                 Reuse::Stale { revalidate, .. } => {
-                    let mut sent = *revalidate;
+                    let mut sent = revalidate;
                     sent.headers.remove(header::VIA);
                     return Segment0::Stale(id, sent);
                 }

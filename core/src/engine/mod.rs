@@ -663,7 +663,7 @@ impl Engine {
                     header::RANGE,
                     Segments::new(size).range_header(0).parse().expect("ascii"),
                 );
-                (FetchKind::Revalidate { variant }, sent)
+                (FetchKind::Revalidate { variant }, *sent)
             }
             // A GET of an object not known here asks for its first segment: the answer
             // tells a small object (whole) from a large one (served from segments).
