@@ -48,6 +48,8 @@ pub(super) enum Source {
     Stored(EntryId),
     /// A fetch under way (from the origin or the segment's owner).
     Fetch(FetchId),
+    /// This peer's copy, on disk only (after a restart): its record is being read.
+    Loading,
 }
 
 #[derive(Debug)]
@@ -358,6 +360,7 @@ impl Engine {
                     });
                     want
                 }
+                Source::Loading => return,
                 Source::Fetch(_) => match part.take(at, want) {
                     Some(chunk) => {
                         let n = chunk.len() as u64;
@@ -441,6 +444,30 @@ impl Engine {
                     return;
                 }
             }
+            if self.store.has_cold(&seg_key) {
+                // Kept on disk here (a restart forgot all but its index): read it back
+                // rather than fetch it again.
+                let cold: Vec<(EntryId, u64)> = self
+                    .store
+                    .variants(&seg_key)
+                    .iter()
+                    .filter_map(|id| {
+                        let s = self.store.slot(*id)?;
+                        (s.hot.is_none()).then_some((*id, s.on_disk.unwrap_or(0)))
+                    })
+                    .collect();
+                for (id, bytes) in cold {
+                    if !self.loads.contains_key(&id) {
+                        self.loads.insert(id, seg_key.clone());
+                        let body = self.store.fits_memory(bytes);
+                        self.outputs.push_back(Output::Load { entry: id, body });
+                    }
+                }
+                self.part_loads.entry(seg_key).or_default().push(cid);
+                let a = self.assemblies.get_mut(&cid).expect("checked");
+                a.parts.insert(index, Part::new(Source::Loading));
+                return;
+            }
         }
         let a = self.assemblies.get(&cid).expect("checked");
         let segs = self.segments_grid();
@@ -477,6 +504,33 @@ impl Engine {
         let mut part = Part::new(Source::Fetch(fid));
         part.retried = retried;
         a.parts.insert(index, part);
+    }
+
+    /// Records of `key` were read back from disk (or could not be): the assemblies waiting
+    /// for them look for the segment again.
+    pub(super) fn segment_loaded(&mut self, key: &CacheKey) {
+        let Some(waiting) = self.part_loads.remove(key) else {
+            return;
+        };
+        let Some(index) = key.as_segment().map(|s| s.index) else {
+            return;
+        };
+        for cid in waiting {
+            let loading = self
+                .assemblies
+                .get(&cid)
+                .and_then(|a| a.parts.get(&index))
+                .is_some_and(|p| p.source == Source::Loading);
+            if loading {
+                self.assemblies
+                    .get_mut(&cid)
+                    .expect("checked")
+                    .parts
+                    .remove(&index);
+                self.start_part(cid, index, false);
+                self.pump(cid);
+            }
+        }
     }
 
     /// Feeds segment `index` of an assembly from fetch `fid` under way, replaying what it

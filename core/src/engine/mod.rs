@@ -271,6 +271,8 @@ pub struct Engine {
     clients: HashMap<ClientId, Client>,
     /// Responses of large objects being assembled from segments, by client.
     assemblies: HashMap<ClientId, assembly::Assembly>,
+    /// Assemblies waiting for a segment's records to load from disk, by segment key.
+    part_loads: HashMap<CacheKey, Vec<ClientId>>,
     /// Requests answered anew once because their object changed mid-assembly.
     restarted: hashbrown::HashSet<ClientId>,
     fetches: HashMap<FetchId, Fetch>,
@@ -329,6 +331,7 @@ impl Engine {
             clients: HashMap::new(),
             assemblies: HashMap::new(),
             restarted: hashbrown::HashSet::new(),
+            part_loads: HashMap::new(),
             fetches: HashMap::new(),
             flights: Flights::default(),
             deadlines: Deadlines::default(),
@@ -1179,6 +1182,9 @@ impl Engine {
             _ => self.store.remove(id, &mut changes),
         }
         self.apply(changes);
+        if !self.part_loads.is_empty() {
+            self.segment_loaded(&key);
+        }
         let done = self.parked.get_mut(&key).is_some_and(|p| {
             p.loads = p.loads.saturating_sub(1);
             p.loads == 0

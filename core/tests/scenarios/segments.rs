@@ -351,3 +351,27 @@ fn a_segment_cut_mid_body_is_fetched_again() {
     assert!(*cut.borrow());
     assert_eq!(s.engines[0].in_flight(), (0, 0));
 }
+
+/// After a restart, the segments kept on disk are read back, not fetched again (segment 0
+/// through the request's own lookup, the others as the response reaches them).
+#[test]
+fn segments_on_disk_serve_again_after_a_restart() {
+    let content = body(100, 11);
+    let c = content.clone();
+    let cfg = Config {
+        disk: 1 << 20,
+        ..config()
+    };
+    let mut s = Sim::new(1, cfg, move |_, _| big(&c, "\"v1\""));
+    assert_eq!(s.get(BIG, &[]).text(), content);
+    assert_eq!(s.origin_hits(), 7);
+    s.restart(0, 1_000_000);
+    let r = s.get(BIG, &[]);
+    assert!(r.complete());
+    assert_eq!(r.text(), content);
+    assert_eq!(s.origin_hits(), 7, "{:?}", ranges(&s));
+    let r = s.get(BIG, &[("range", "bytes=50-60")]);
+    assert_eq!(r.text(), &content[50..=60]);
+    assert_eq!(s.origin_hits(), 7);
+    assert_eq!(s.engines[0].in_flight(), (0, 0));
+}
