@@ -280,6 +280,9 @@ pub struct Engine {
     /// When waiting followers give up on their flight.
     deadlines: Deadlines,
     hit_for_miss: HitForMiss,
+    /// Objects lately found large but not segmentable (no validator, or the origin ignores
+    /// Range): fetched whole for a while, without asking for their first segment first.
+    whole_only: HitForMiss,
     /// Requests for remote keys, to pick the ones worth a hot copy.
     popularity: Popularity,
     /// Unsafe requests passed upstream, waiting for their status to invalidate.
@@ -336,6 +339,7 @@ impl Engine {
             flights: Flights::default(),
             deadlines: Deadlines::default(),
             hit_for_miss: HitForMiss::default(),
+            whole_only: HitForMiss::default(),
             popularity: Popularity::default(),
             unsafe_passes: HashMap::new(),
             loads: HashMap::new(),
@@ -670,7 +674,10 @@ impl Engine {
             }
             // A GET of an object not known here asks for its first segment: the answer
             // tells a small object (whole) from a large one (served from segments).
-            (None, Some(size)) if client.req.method == Method::GET => {
+            (None, Some(size))
+                if client.req.method == Method::GET
+                    && !self.whole_only.is_marked(&key, self.now) =>
+            {
                 let mut sent = policy::fill_request(&client.req);
                 sent.headers.insert(
                     header::RANGE,
@@ -1570,9 +1577,11 @@ impl Engine {
                         let version = segment::Version::of(&head.headers, total);
                         if !version.is_validated() && !self.config.segment_unvalidated {
                             // Nothing would tell two versions of its segments apart: fetch it
-                            // whole instead.
+                            // whole instead (and for a while without asking for a segment).
                             let clients = std::mem::take(&mut f.clients);
                             let key = f.key.clone();
+                            let until = crate::time::after(now, self.config.hit_for_miss);
+                            self.whole_only.mark(key.clone(), until, now);
                             self.drop_fetch(fid, true);
                             self.fill_for(key, clients);
                             return;
@@ -1609,8 +1618,16 @@ impl Engine {
                         self.fill_for(key, clients);
                         return;
                     }
-                    Ok(SegmentAnswer::WholeObject) | Err(segment::SegmentError::Status(_)) => {
-                        // The answer a plain GET gets (an origin ignoring Range, a 404 ...).
+                    Ok(SegmentAnswer::WholeObject) => {
+                        // The origin ignores Range: the whole object, as a plain GET gets it
+                        // (and asked for so for a while).
+                        f.kind = FetchKind::Fill;
+                        f.sent.headers.remove(header::RANGE);
+                        let until = crate::time::after(now, self.config.hit_for_miss);
+                        self.whole_only.mark(f.key.clone(), until, now);
+                    }
+                    Err(segment::SegmentError::Status(_)) => {
+                        // The answer a plain GET gets (a 404, a 5xx ...).
                         f.kind = FetchKind::Fill;
                         f.sent.headers.remove(header::RANGE);
                     }
@@ -1919,6 +1936,7 @@ impl Engine {
             self.release(vec![cid], Release::WaitTimeout, via);
         }
         self.hit_for_miss.prune(now);
+        self.whole_only.prune(now);
     }
 
     // ---- helpers ----------------------------------------------------------------------
@@ -2083,7 +2101,10 @@ impl Engine {
     /// Keys the engine remembers outside the store (hit-for-miss marks, segment indexes):
     /// bounded, whatever the traffic.
     pub fn remembered_keys(&self) -> usize {
-        self.hit_for_miss.len() + self.segments.len() + self.popularity.len()
+        self.hit_for_miss.len()
+            + self.whole_only.len()
+            + self.segments.len()
+            + self.popularity.len()
     }
 
     /// Seconds an entry is past its freshness (0 while fresh), for `Cache-Status: ttl=-N`.
