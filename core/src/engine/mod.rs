@@ -1631,9 +1631,15 @@ impl Engine {
                         f.kind = FetchKind::Fill;
                         f.sent.headers.remove(header::RANGE);
                     }
-                    Err(e) => {
-                        self.fail_waiting(fid, StatusCode::BAD_GATEWAY, segment_detail(e));
+                    Err(_) => {
+                        // A 206 for other bytes, or of unknown length (`bytes 0-99/*`): the
+                        // object cannot be cut into segments. Ask for it plainly (for a while).
+                        let clients = std::mem::take(&mut f.clients);
+                        let key = f.key.clone();
+                        let until = crate::time::after(now, self.config.hit_for_miss);
+                        self.whole_only.mark(key.clone(), until, now);
                         self.drop_fetch(fid, true);
+                        self.fill_for(key, clients);
                         return;
                     }
                 }
@@ -1685,7 +1691,15 @@ impl Engine {
         let f = self.fetches.get_mut(&fid).expect("exists");
         f.declared = declared;
         f.total = f.declared;
-        let (storing, not_stored) = split(self.policy.storable(&f.sent, &head, now));
+        let mut decision = self.policy.storable(&f.sent, &head, now);
+        if f.kind == FetchKind::Remote
+            && decision.is_ok()
+            && declared.is_some_and(|d| !self.store.fits_remote(d))
+        {
+            // Too large for a hot copy: relayed, never buffered whole for nothing.
+            decision = Err(NotStored::TooLarge);
+        }
+        let (storing, not_stored) = split(decision);
         f.storing = storing;
         f.not_stored = not_stored;
         f.head = Some(head);
@@ -1755,7 +1769,8 @@ impl Engine {
         let offset = f.base + f.received;
         f.received += chunk.len() as u64;
         if f.storing.is_some() || self.flights.leads(&f.key, fid) {
-            if f.received > max {
+            let hot_too_large = f.kind == FetchKind::Remote && !self.store.fits_remote(f.received);
+            if f.received > max || hot_too_large {
                 // Too large after all (no Content-Length said so): stream on, keep nothing.
                 f.storing = None;
                 f.not_stored = Some(NotStored::TooLarge);

@@ -118,6 +118,12 @@ impl Store {
         body_len <= self.memory.capacity() / 8
     }
 
+    /// Whether a hot copy this long is worth keeping: a quarter of the hot budget at most, so
+    /// one large remote object never empties it (nor is buffered whole for nothing).
+    pub fn fits_remote(&self, body_len: u64) -> bool {
+        body_len <= self.remote.capacity() / 4
+    }
+
     pub fn variants(&self, key: &CacheKey) -> &[EntryId] {
         self.variants.get(key).map(Vec::as_slice).unwrap_or(&[])
     }

@@ -170,3 +170,41 @@ fn ranges_are_forwarded_not_turned_into_hot_fetches() {
     }
     assert!(s.peer_fetches.is_empty());
 }
+
+/// A remote object too large for a hot copy (over a quarter of the hot budget) is relayed
+/// by the entry's one peer fetch, never buffered whole nor kept, and forwarded from then on
+/// (a 256 MiB object once cost its entry twice its size in memory, for nothing).
+#[test]
+fn a_remote_object_too_large_for_a_hot_copy_is_relayed_not_kept() {
+    let big = "x".repeat(2000);
+    let b = big.clone();
+    let cfg = Config {
+        hot_memory: 4096,
+        ..hot_config()
+    };
+    let mut s = Sim::new(3, cfg, move |_, _| fresh(&b));
+    let owner = s.engines[0]
+        .ring()
+        .owner(URL.as_bytes())
+        .unwrap()
+        .to_owned();
+    let owner = s.peers.iter().position(|p| *p == owner).unwrap();
+    let entry = (owner + 1) % 3;
+    for i in 0..5 {
+        let id = get(&mut s, entry);
+        let r = &s.results[&id];
+        assert_eq!(r.text(), big, "request {i}");
+        assert!(
+            !r.cache_status().contains("stored") || i == 0,
+            "{}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(s.engines[entry].hot_bytes(), 0);
+    assert_eq!(
+        s.peer_fetches.len(),
+        1,
+        "one try at a hot copy, then forwarded"
+    );
+    assert_eq!(s.origin_hits(), 1);
+}
