@@ -719,6 +719,27 @@ impl Engine {
             }
             _ => return Some(client),
         };
+        self.serve_segment(cid, client, index, version.map(Some), false)
+    }
+
+    /// Answers a request for (a range inside) segment `index` of its object: from a stored
+    /// copy (of `version` however old when it is `Some(Some(_))`, any fresh one otherwise),
+    /// by joining a fetch of it under way here, or by fetching it: from the segment's owner
+    /// when `via_owner` and another peer owns it, else from the origin (stored here).
+    /// Always answers (`None`); the `Option` lets callers chain it.
+    fn serve_segment(
+        &mut self,
+        cid: ClientId,
+        client: Client,
+        index: u64,
+        version: Option<Option<segment::Version>>,
+        via_owner: bool,
+    ) -> Option<Client> {
+        let segs = Segments::new(
+            self.config
+                .segment_size
+                .unwrap_or(segment::DEFAULT_SEGMENT_SIZE),
+        );
         let seg_key = client.key.segment(index);
         if !client.replayed && self.park_for_loads(cid, &seg_key, &client.req) {
             return None;
@@ -736,11 +757,11 @@ impl Engine {
             };
             let reuse = self.policy.reuse(&e.stored, &client.req, self.now);
             let usable = match &version {
-                Some(v) => {
+                Some(Some(v)) => {
                     segment::Version::of(&e.head.headers, e.total.unwrap_or(e.body_len)) == *v
                         && !matches!(reuse, Reuse::NoMatch(_))
                 }
-                None => matches!(reuse, Reuse::Fresh),
+                _ => matches!(reuse, Reuse::Fresh),
             };
             if usable {
                 let mut status = CacheStatus::hit(e.stored.ttl(self.now).as_secs() as i64);
@@ -752,18 +773,25 @@ impl Engine {
             }
         }
         let mut client = self.join_flight(cid, client, &seg_key)?;
-        let mut sent = policy::fill_request(&client.req);
+        let mut sent = assembly::part_request(&client.req);
         sent.headers.remove(crate::hop::SEGMENT);
         sent.headers.insert(
             header::RANGE,
             segs.range_header(index).parse().expect("ascii"),
         );
-        let fid = self.start_fetch(
-            seg_key.clone(),
-            client.key.clone(),
-            sent,
-            FetchKind::Segment { index },
-        );
+        // The segment's owner fetches and keeps it; this peer only relays it.
+        let peers = via_owner
+            .then(|| self.part_peers(&client.key, index))
+            .flatten();
+        let kind = match peers {
+            Some(_) => {
+                sent.headers
+                    .insert(crate::hop::SEGMENT, http::HeaderValue::from_static("?"));
+                FetchKind::Part { index }
+            }
+            None => FetchKind::Segment { index },
+        };
+        let fid = self.start_fetch_via(seg_key.clone(), client.key.clone(), sent, kind, peers);
         client.phase = Phase::Waiting(fid);
         self.clients.insert(cid, client);
         let f = self.fetches.get_mut(&fid).expect("just made");
@@ -827,62 +855,9 @@ impl Engine {
         let Some(index) = segs.plan(&specs, known_total).single() else {
             return false;
         };
-        let seg_key = client.key.segment(index);
-        if !client.replayed {
-            let head = crate::heads::clone_request(&client.req);
-            if self.park_for_loads(cid, &seg_key, &head) {
-                return true;
-            }
-        }
-        let ids: Vec<EntryId> = self
-            .store
-            .variants(&seg_key)
-            .iter()
-            .rev()
-            .copied()
-            .collect();
-        for id in ids {
-            let Some(entry) = self.store.hot(id) else {
-                continue;
-            };
-            let ttl = entry.stored.ttl(self.now).as_secs() as i64;
-            if let Reuse::Fresh = self.policy.reuse(&entry.stored, &client.req, self.now) {
-                self.store.touch(id);
-                let mut status = CacheStatus::hit(ttl);
-                status.detail = Some("segment");
-                let c = std::mem::replace(client, placeholder_client(&client.key));
-                self.clients.insert(cid, c);
-                self.answer_from_entry(cid, id, status);
-                return true;
-            }
-        }
         let c = std::mem::replace(client, placeholder_client(&client.key));
-        let mut c = match self.join_flight(cid, c, &seg_key) {
-            None => return true,
-            Some(c) => c,
-        };
-        let mut sent = assembly::part_request(&c.req);
-        sent.headers.insert(
-            header::RANGE,
-            segs.range_header(index).parse().expect("ascii"),
-        );
-        // The segment's owner fetches and keeps it; this peer only relays it.
-        let peers = self.part_peers(&c.key, index);
-        let kind = match peers {
-            Some(_) => {
-                sent.headers
-                    .insert(crate::hop::SEGMENT, http::HeaderValue::from_static("?"));
-                FetchKind::Part { index }
-            }
-            None => FetchKind::Segment { index },
-        };
-        let fid = self.start_fetch_via(seg_key.clone(), c.key.clone(), sent, kind, peers);
-        c.phase = Phase::Waiting(fid);
-        self.clients.insert(cid, c);
-        let f = self.fetches.get_mut(&fid).expect("just made");
-        f.clients.push(cid);
-        f.base = segs.start_of(index);
-        self.flights.lead(seg_key, fid);
+        let _served = self.serve_segment(cid, c, index, None, true);
+        debug_assert!(_served.is_none(), "a segment request is always answered");
         true
     }
 
