@@ -119,5 +119,10 @@ fn evicted_segments_leave_the_segment_index() {
         s.get(&format!("http://origin.test/filler{i}"), &[]);
     }
     assert!(s.evicted.iter().any(|(_, k, _)| k.ends_with("#seg=0")));
+    // The fillers have no validator: each is remembered as fetched whole for a while (no
+    // first-segment request); those marks expire, the segment index holds nothing.
+    assert_eq!(s.engines[0].remembered_keys(), 10);
+    s.advance(200);
+    s.input(0, larder_core::Input::Timeout);
     assert_eq!(s.engines[0].remembered_keys(), 0);
 }
