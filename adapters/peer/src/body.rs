@@ -108,7 +108,7 @@ impl http_body::Body for ClientBody {
             Kind::Stream(rx) => loop {
                 match rx.poll_recv(cx) {
                     Poll::Pending => break Poll::Pending,
-                    Poll::Ready(Some(ClientEvent::Body(b))) => {
+                    Poll::Ready(Some(ClientEvent::Body(b) | ClientEvent::Cached(b))) => {
                         break Poll::Ready(Some(Ok(Frame::data(b))));
                     }
                     Poll::Ready(Some(ClientEvent::End)) => break Poll::Ready(None),

@@ -34,6 +34,10 @@ pub enum ClientEvent {
         collapsed: bool,
     },
     Body(Bytes),
+    /// Body bytes the memory tier holds anyway (a stored segment of an assembled
+    /// response): not counted as queued, so a long run of them never reads as a client
+    /// falling behind a fetch.
+    Cached(Bytes),
     End,
     Abort,
     Forward {
@@ -57,6 +61,9 @@ pub const BACKLOG_LIMIT: usize = 1 << 20;
 pub struct Lane {
     id: ClientId,
     backlog: AtomicUsize,
+    /// Body bytes held behind a disk read of the same response (`Inner::chains`): they
+    /// count for pacing fetches, not for pacing that disk read.
+    held: AtomicUsize,
     /// Milliseconds since `EPOCH` when the client last took a body chunk.
     last_read: AtomicU64,
     cut: AtomicBool,
@@ -74,6 +81,7 @@ impl Lane {
         Lane {
             id,
             backlog: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             last_read: AtomicU64::new(now_ms()),
             cut: AtomicBool::new(false),
         }
@@ -83,7 +91,14 @@ impl Lane {
         self.backlog.load(Ordering::Relaxed)
     }
 
+    /// Behind, for pacing its fetches: what waits in its queue and behind a disk read.
     fn behind(&self) -> bool {
+        self.backlog() + self.held.load(Ordering::Relaxed) > BACKLOG_LIMIT / 2
+    }
+
+    /// Behind, for pacing a disk read of its body: its queue only (what is held waits for
+    /// that very read).
+    fn queue_behind(&self) -> bool {
         self.backlog() > BACKLOG_LIMIT / 2
     }
 
@@ -113,9 +128,15 @@ impl Events {
             return std::task::Poll::Ready(Some(ClientEvent::Abort));
         }
         let ev = self.rx.poll_recv(cx);
-        if let std::task::Poll::Ready(Some(ClientEvent::Body(b))) = &ev {
-            self.lane.backlog.fetch_sub(b.len(), Ordering::Relaxed);
-            self.lane.last_read.store(now_ms(), Ordering::Relaxed);
+        match &ev {
+            std::task::Poll::Ready(Some(ClientEvent::Body(b))) => {
+                self.lane.backlog.fetch_sub(b.len(), Ordering::Relaxed);
+                self.lane.last_read.store(now_ms(), Ordering::Relaxed);
+            }
+            std::task::Poll::Ready(Some(ClientEvent::Cached(_))) => {
+                self.lane.last_read.store(now_ms(), Ordering::Relaxed);
+            }
+            _ => {}
         }
         ev
     }
@@ -186,7 +207,8 @@ struct Inner {
 #[allow(clippy::large_enum_variant)]
 enum Chained {
     Event(ClientEvent),
-    Disk(StoredBody),
+    /// Opened when the engine asked (a later delete cannot pull it away), read in turn.
+    Disk(Arc<BodyFile>, StoredBody),
 }
 
 /// A write or delete for the disk tier, carried out in order by one writer thread (a
@@ -482,12 +504,17 @@ impl Driver {
 
     fn send(inner: &mut Inner, client: ClientId, ev: ClientEvent) {
         if let Some((tx, lane)) = inner.clients.get(&client) {
-            if let ClientEvent::Body(b) = &ev {
-                lane.backlog.fetch_add(b.len(), Ordering::Relaxed);
-            }
+            let body = match &ev {
+                ClientEvent::Body(b) => b.len(),
+                _ => 0,
+            };
             match inner.chains.get_mut(&client) {
-                Some(held) => held.push_back(Chained::Event(ev)),
+                Some(held) => {
+                    lane.held.fetch_add(body, Ordering::Relaxed);
+                    held.push_back(Chained::Event(ev));
+                }
                 None => {
+                    lane.backlog.fetch_add(body, Ordering::Relaxed);
                     let _ = tx.send(ev);
                 }
             }
@@ -501,37 +528,50 @@ impl Driver {
             let ev = match inner.memory.read(&body) {
                 Some(b) => {
                     self.metrics.bytes_from_cache.inc_by(b.len() as u64);
-                    ClientEvent::Body(b)
+                    ClientEvent::Cached(b)
                 }
                 None => ClientEvent::Abort,
             };
             return Self::send(inner, client, ev);
         }
+        // Opened now, in order with the outputs: a later delete cannot pull the file away.
+        let opened = self.disk.get().map(|l| l.disk.open_body(body.entry));
+        let Some(Ok(file)) = opened else {
+            tracing::warn!(entry = %body.entry.name(), "disk entry vanished mid-response");
+            self.metrics.disk_corrupt.inc();
+            let me = self.clone();
+            let entry = body.entry;
+            tokio::spawn(async move { me.input(Input::LoadFailed { entry }) });
+            return Self::send(inner, client, ClientEvent::Abort);
+        };
+        let file = Arc::new(file);
         if let Some(held) = inner.chains.get_mut(&client) {
-            held.push_back(Chained::Disk(body));
+            held.push_back(Chained::Disk(file, body));
             return;
         }
-        self.stream_chained(inner, client, body);
+        self.stream_chained(inner, client, file, body);
     }
 
     /// Starts a disk read for a client's body; what the engine sends meanwhile is held.
-    fn stream_chained(self: &Arc<Self>, inner: &mut Inner, client: ClientId, body: StoredBody) {
+    fn stream_chained(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        client: ClientId,
+        file: Arc<BodyFile>,
+        body: StoredBody,
+    ) {
         let Some((tx, lane)) = inner.clients.get(&client).cloned() else {
-            return;
-        };
-        let opened = self.disk.get().map(|l| l.disk.open_body(body.entry));
-        let Some(Ok(file)) = opened else {
-            inner.chains.remove(&client);
-            let _ = tx.send(ClientEvent::Abort);
             return;
         };
         inner.chains.entry(client).or_default();
         let (me, metrics) = (self.clone(), self.metrics.clone());
         tokio::spawn(async move {
-            if stream_from_disk(Arc::new(file), body.pieces, tx.clone(), lane, metrics).await {
+            if stream_from_disk(file, body.pieces, tx.clone(), lane, metrics).await {
                 me.chain_next(client);
             } else {
+                // Unreadable: the engine forgets the entry; the client's response ended.
                 me.lock().chains.remove(&client);
+                me.input(Input::LoadFailed { entry: body.entry });
             }
         });
     }
@@ -543,14 +583,19 @@ impl Driver {
             inner.chains.remove(&client);
             return;
         };
+        let lane = inner.clients.get(&client).map(|(_, l)| l.clone());
         while let Some(next) = inner.chains.get_mut(&client).and_then(VecDeque::pop_front) {
             match next {
                 Chained::Event(ev) => {
+                    if let (ClientEvent::Body(b), Some(lane)) = (&ev, &lane) {
+                        lane.held.fetch_sub(b.len(), Ordering::Relaxed);
+                        lane.backlog.fetch_add(b.len(), Ordering::Relaxed);
+                    }
                     let _ = tx.send(ev);
                 }
-                Chained::Disk(body) => {
+                Chained::Disk(file, body) => {
                     let rest = inner.chains.remove(&client).unwrap_or_default();
-                    self.stream_chained(&mut inner, client, body);
+                    self.stream_chained(&mut inner, client, file, body);
                     inner.chains.insert(client, rest);
                     return;
                 }
@@ -936,7 +981,7 @@ async fn stream_from_disk(
             }
             Piece::Slice { mut start, mut len } => {
                 while len > 0 {
-                    while lane.behind() && lane.live() && !tx.is_closed() {
+                    while lane.queue_behind() && lane.live() && !tx.is_closed() {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     if !lane.live() || tx.is_closed() {
@@ -1149,7 +1194,7 @@ mod tests {
         };
         loop {
             match rx.recv().await {
-                Some(ClientEvent::Body(b)) => body.extend_from_slice(&b),
+                Some(ClientEvent::Body(b) | ClientEvent::Cached(b)) => body.extend_from_slice(&b),
                 Some(ClientEvent::End) => return (status, body, true),
                 Some(ClientEvent::Abort) => return (status, body, false),
                 other => panic!("expected the body, got {other:?}"),

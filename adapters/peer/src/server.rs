@@ -659,7 +659,10 @@ async fn route(
                     }
                 };
             }
-            ClientEvent::Body(_) | ClientEvent::End | ClientEvent::Abort => {}
+            ClientEvent::Body(_)
+            | ClientEvent::Cached(_)
+            | ClientEvent::End
+            | ClientEvent::Abort => {}
         }
     }
 }

@@ -39,6 +39,8 @@ pub(super) struct Assembly {
     /// The response head, held until the first segment needed shows the version it was
     /// made for: an object found changed by then is answered anew, consistently.
     head: Option<Output>,
+    /// Tells this assembly from a later one of the same client (answered anew).
+    generation: u64,
 }
 
 /// Where one segment's bytes come from.
@@ -55,9 +57,10 @@ pub(super) enum Source {
 #[derive(Debug)]
 struct Part {
     source: Source,
-    /// Bytes received and not yet sent, the first at segment offset `first`.
-    chunks: VecDeque<Bytes>,
-    first: u64,
+    /// The segment's bytes received so far, from its start. Kept until the part is no
+    /// longer needed (one segment at most): a multi-range request may read an earlier
+    /// offset of the same segment after a later one.
+    chunks: Vec<Bytes>,
     /// Segment offset of the end of what arrived.
     received: u64,
     done: bool,
@@ -71,8 +74,7 @@ impl Part {
     fn new(source: Source) -> Self {
         Part {
             source,
-            chunks: VecDeque::new(),
-            first: 0,
+            chunks: Vec::new(),
             received: 0,
             done: false,
             retried: false,
@@ -81,43 +83,31 @@ impl Part {
     }
 
     fn push(&mut self, offset: u64, chunk: Bytes) {
-        if chunk.is_empty() || offset + chunk.len() as u64 <= self.received {
+        if chunk.is_empty() || offset > self.received {
+            return;
+        }
+        if offset + chunk.len() as u64 <= self.received {
             return;
         }
         // Only what is new (a replay after a retry may overlap what arrived).
-        let skip = self.received.saturating_sub(offset) as usize;
-        let chunk = chunk.slice(skip..);
-        if self.chunks.is_empty() {
-            self.first = self.received;
-        }
+        let chunk = chunk.slice((self.received - offset) as usize..);
         self.received += chunk.len() as u64;
-        self.chunks.push_back(chunk);
+        self.chunks.push(chunk);
     }
 
     /// Up to `want` bytes from segment offset `at`, when they have arrived.
-    fn take(&mut self, at: u64, want: u64) -> Option<Bytes> {
-        // What lies before `at` is not wanted (a range that starts mid-segment).
-        while let Some(c) = self.chunks.front() {
-            let end = self.first + c.len() as u64;
-            if end <= at {
-                self.first = end;
-                self.chunks.pop_front();
-            } else {
-                break;
+    fn take(&self, at: u64, want: u64) -> Option<Bytes> {
+        let mut start = 0u64;
+        for c in &self.chunks {
+            let end = start + c.len() as u64;
+            if at < end {
+                let from = (at - start) as usize;
+                let n = (c.len() - from).min(want as usize);
+                return Some(c.slice(from..from + n));
             }
+            start = end;
         }
-        let c = self.chunks.front_mut()?;
-        if self.first > at {
-            return None;
-        }
-        let from = (at - self.first) as usize;
-        let n = (c.len() - from).min(want as usize);
-        let out = c.slice(from..from + n);
-        if from + n == c.len() {
-            self.first += c.len() as u64;
-            self.chunks.pop_front();
-        }
-        Some(out)
+        None
     }
 
     fn reset(&mut self, source: Source) {
@@ -135,6 +125,17 @@ pub(super) fn part_request(client: &request::Parts) -> request::Parts {
     let mut r = policy::fill_request(client);
     r.headers.remove(header::VIA);
     r
+}
+
+/// Where `start_part` looks for a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// Stored here (in memory or on disk), a fetch under way, its owner, the origin.
+    Everywhere,
+    /// The same, but no disk load (one was just tried).
+    NotDisk,
+    /// The origin only (its owner failed).
+    Origin,
 }
 
 /// The segment indexes the remaining pieces need, in order, at most `limit` of them.
@@ -267,6 +268,10 @@ impl Engine {
             pieces: pieces.into(),
             parts: BTreeMap::new(),
             head: respond,
+            generation: {
+                self.next_assembly += 1;
+                self.next_assembly
+            },
         };
         if let Some(source) = first {
             let mut part = Part::new(source);
@@ -395,6 +400,7 @@ impl Engine {
             return;
         };
         let want = needed(&a.pieces, segs, limit);
+        let generation = a.generation;
         let gone: Vec<u64> = a
             .parts
             .keys()
@@ -419,14 +425,24 @@ impl Engine {
             self.unfeed(fid, cid);
         }
         for i in missing {
-            self.start_part(cid, i, false);
+            if self
+                .assemblies
+                .get(&cid)
+                .is_some_and(|a| a.generation == generation)
+            {
+                let started = self.assemblies[&cid].parts.contains_key(&i);
+                if !started {
+                    self.start_part(cid, i, Look::Everywhere);
+                }
+            }
         }
     }
 
     /// Finds or starts the source of segment `index` for an assembling client: a stored
     /// copy of its version, a fetch of it under way here, the peer that owns it, or the
     /// origin (`origin`: straight to the origin, after its owner failed).
-    fn start_part(&mut self, cid: ClientId, index: u64, origin: bool) {
+    fn start_part(&mut self, cid: ClientId, index: u64, look: Look) {
+        let origin = look == Look::Origin;
         let Some(a) = self.assemblies.get(&cid) else {
             return;
         };
@@ -444,7 +460,7 @@ impl Engine {
                     return;
                 }
             }
-            if self.store.has_cold(&seg_key) {
+            if look == Look::Everywhere && self.store.has_cold(&seg_key) {
                 // Kept on disk here (a restart forgot all but its index): read it back
                 // rather than fetch it again.
                 let cold: Vec<(EntryId, u64)> = self
@@ -527,7 +543,9 @@ impl Engine {
                     .expect("checked")
                     .parts
                     .remove(&index);
-                self.start_part(cid, index, false);
+                // Read back or not, it is not read again: a record that cannot be kept in
+                // memory (a tiny memory tier) would be loaded for ever.
+                self.start_part(cid, index, Look::NotDisk);
                 self.pump(cid);
             }
         }
@@ -627,6 +645,11 @@ impl Engine {
             return;
         };
         if got != a.version {
+            let object = a.object.clone();
+            self.retire_other_versions(&object, &got);
+            let Some(a) = self.assemblies.get(&cid) else {
+                return;
+            };
             if a.head.is_some() {
                 // Nothing sent yet: answer the request anew, from the object as it is now.
                 self.restart(cid, got);
@@ -643,6 +666,30 @@ impl Engine {
             p.verified = true;
         }
         self.pump(cid);
+    }
+
+    /// A segment showed `newer`: fetches of `object` under way for another version store
+    /// nothing and lead no flight any more (a request answered anew must not join them, and
+    /// they must not bring the older version back into the store).
+    fn retire_other_versions(&mut self, object: &CacheKey, newer: &Version) {
+        let mut landed = Vec::new();
+        for (fid, f) in self.fetches.iter_mut() {
+            if f.object_key != *object {
+                continue;
+            }
+            let (Some(head), Some(total)) = (&f.head, f.total) else {
+                continue;
+            };
+            if Version::of(&head.headers, total) != *newer {
+                f.storing = None;
+                f.chunks = Vec::new();
+                landed.push((*fid, f.key.clone()));
+            }
+        }
+        for (fid, key) in landed {
+            self.flights.land(&key, fid);
+            self.maybe_finish(fid);
+        }
     }
 
     /// The object changed before any of its response was sent: the older copies here go
@@ -769,7 +816,7 @@ impl Engine {
         if let Some((Source::Fetch(f), _)) = old {
             self.unfeed(f, cid);
         }
-        self.start_part(cid, index, true);
+        self.start_part(cid, index, Look::Origin);
     }
 
     /// The response cannot be completed consistently: it ends (the client sees it cut
@@ -859,6 +906,11 @@ impl Engine {
                 Reuse::NoMatch(_) => continue,
             }
             let version = Version::of(&e.head.headers, total);
+            if !version.is_validated() && !self.config.segment_unvalidated {
+                // A segment kept for a range inside it: nothing would tell its version from
+                // another segment's, so no response is assembled from it.
+                return Segment0::Unknown;
+            }
             let mut whole = crate::heads::clone_response(&e.head);
             whole.headers.insert(header::CONTENT_LENGTH, total.into());
             let status = CacheStatus::hit(e.stored.ttl(self.now).as_secs() as i64);

@@ -251,6 +251,9 @@ struct Fetch {
     leader_head: Option<(ClientId, response::Parts)>,
     /// Assembling clients this fetch feeds one segment of (`Engine::assemblies`).
     feeds: Vec<ClientId>,
+    /// A `Revalidate` of a large object's segment 0 (decided when it starts: the entry may
+    /// be gone when the answer comes).
+    segment0: bool,
 }
 
 /// Requests for one key waiting on loads from the disk tier.
@@ -295,6 +298,8 @@ pub struct Engine {
     disk_rest_until: Option<SystemTime>,
     outputs: VecDeque<Output>,
     next_fetch: u64,
+    /// Assemblies begun so far (`assembly::Assembly::generation`).
+    next_assembly: u64,
     now: SystemTime,
 }
 
@@ -347,6 +352,7 @@ impl Engine {
             disk_rest_until: None,
             outputs: VecDeque::new(),
             next_fetch: 0,
+            next_assembly: 0,
             now: SystemTime::UNIX_EPOCH,
         })
     }
@@ -659,13 +665,15 @@ impl Engine {
         if stale.is_none() && self.try_segment(cid, &mut client) {
             return;
         }
+        let mut stale_segments_started = false;
         let (kind, sent) = match (stale, self.config.segment_size) {
             (Some((variant, revalidate)), _) => (FetchKind::Revalidate { variant }, revalidate),
             // A large object gone stale is revalidated once, as a whole, through its first
             // segment: a 304 makes segment 0 fresh, and the other segments of its version
             // serve however old they are.
             (None, Some(size)) if stale_segments.is_some() => {
-                let (variant, mut sent) = stale_segments.expect("checked");
+                let (variant, mut sent) = stale_segments.take().expect("checked");
+                stale_segments_started = true;
                 sent.headers.insert(
                     header::RANGE,
                     Segments::new(size).range_header(0).parse().expect("ascii"),
@@ -687,7 +695,11 @@ impl Engine {
             }
             (None, _) => (FetchKind::Fill, policy::fill_request(&client.req)),
         };
-        self.lead_new_flight(cid, client, key, sent, kind, None);
+        let segment0 = stale_segments_started;
+        let fid = self.lead_new_flight(cid, client, key, sent, kind, None);
+        if let Some(f) = self.fetches.get_mut(&fid) {
+            f.segment0 = segment0;
+        }
     }
 
     /// A peer's request for segment `index` of an object (its `Range` is exactly the
@@ -810,7 +822,7 @@ impl Engine {
         sent: request::Parts,
         kind: FetchKind,
         peers: Option<Vec<String>>,
-    ) {
+    ) -> FetchId {
         let fid = self.start_fetch_via(key.clone(), key.clone(), sent, kind, peers);
         client.phase = Phase::Waiting(fid);
         self.clients.insert(cid, client);
@@ -822,6 +834,7 @@ impl Engine {
         // A flight still under way for the key (another Vary selection's, which this
         // request could not join) keeps its followers.
         self.flights.lead_if_free(key, fid);
+        fid
     }
 
     /// A GET for one range inside one segment of an object not stored whole: serve it from
@@ -935,6 +948,7 @@ impl Engine {
                 peers: peers.clone(),
                 leader_head: None,
                 feeds: Vec::new(),
+                segment0: false,
             },
         );
         self.outputs.push_back(match peers {
@@ -1384,12 +1398,7 @@ impl Engine {
         if let FetchKind::Revalidate { variant } = f.kind {
             // A large object's revalidation that did not end in 304 (a new version, an error)
             // is answered as a first-segment probe is.
-            let segment0 = self
-                .store
-                .slot(variant)
-                .and_then(|s| s.key.as_segment())
-                .is_some_and(|k| k.index == 0);
-            if segment0 && head.status != StatusCode::NOT_MODIFIED {
+            if f.segment0 && head.status != StatusCode::NOT_MODIFIED {
                 let server_error = head.status.is_server_error();
                 if server_error && self.serve_stale_on_error(fid, variant, "stale-if-error", true) {
                     return;
@@ -1516,13 +1525,22 @@ impl Engine {
                             .and_then(|v| v.to_str().ok())
                             .and_then(range::parse_unsatisfied_range);
                         let clients = std::mem::take(&mut f.clients);
+                        // The object is shorter than the segments kept here say: they go
+                        // (the next request learns its length anew).
+                        let object = f.object_key.clone();
                         self.drop_fetch(fid, true);
+                        self.invalidate(&object);
                         for cid in clients {
                             self.respond_unsatisfiable(cid, total);
                         }
                         return;
                     }
                     Err(e) => {
+                        if let segment::SegmentError::Status(404 | 410) = e {
+                            // Gone at the origin: so are its segments here.
+                            let object = f.object_key.clone();
+                            self.invalidate(&object);
+                        }
                         self.fail_waiting(fid, StatusCode::BAD_GATEWAY, segment_detail(e));
                         self.drop_fetch(fid, true);
                         return;
@@ -1565,7 +1583,12 @@ impl Engine {
                         // served from segments, this fetch feeding them segment 0.
                         f.total = Some(total);
                         f.declared = Some(range.len());
-                        f.leader_head = None;
+                        // The client that asked sees the object as a 200 too.
+                        if let Some((_, h)) = f.leader_head.as_mut() {
+                            h.status = StatusCode::OK;
+                            h.headers.remove(header::CONTENT_RANGE);
+                            h.headers.insert(header::CONTENT_LENGTH, total.into());
+                        }
                         let mut view = head;
                         view.status = StatusCode::OK;
                         view.headers.remove(header::CONTENT_RANGE);

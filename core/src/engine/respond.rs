@@ -265,9 +265,11 @@ impl Engine {
         status.detail = f.not_stored.map(|n| n.as_str());
         let total = f.total;
         if let (super::FetchKind::Probe, Some(total)) = (f.kind, total) {
-            // Segment 0 of a large object: the response is assembled from segments.
+            // Segment 0 of a large object: the response is assembled from segments (the
+            // version is the shared head's; the client that asked may see more fields).
+            let shared = f.head.as_ref().expect("checked above");
+            let version = crate::segment::Version::of(&shared.headers, total);
             let whole = clone_response(head);
-            let version = crate::segment::Version::of(&head.headers, total);
             let object = f.object_key.clone();
             self.begin_assembly(
                 cid,

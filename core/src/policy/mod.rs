@@ -278,6 +278,8 @@ pub fn fill_request(client: &request::Parts) -> request::Parts {
     for n in &CLIENT_ONLY {
         h.remove(n);
     }
+    // A peer's segment request names a version for the peer it asks, never for an origin.
+    h.remove(crate::hop::SEGMENT);
     *r.headers_mut() = h;
     r.into_parts().0
 }
