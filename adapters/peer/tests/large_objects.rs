@@ -331,3 +331,52 @@ fn a_peer_killed_mid_object_does_not_break_the_response() {
     let (_, again) = get(peers[1].port, &url, &[]);
     assert!(again == *body);
 }
+
+/// Segments read from disk (a memory tier too small to hold them) come out in order with
+/// the rest of the response, and are served again after a restart without the origin.
+#[test]
+fn segments_on_disk_are_served_in_order_and_after_a_restart() {
+    let body = content(4 * MIB, 7);
+    let b = body.clone();
+    let origin = RangeOrigin::start(None, move |_| (b.clone(), "\"v1\"".into()));
+    let dir = std::env::temp_dir().join(format!(
+        "larder-segments-disk-{}-{:?}",
+        std::process::id(),
+        Instant::now()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    // 256 KiB segments never fit a 1 MiB memory tier (at most 1/8 of it is promoted).
+    let args = [
+        "--disk-dir",
+        d.as_str(),
+        "--memory",
+        "1MiB",
+        "--segment-size",
+        "256KiB",
+    ];
+    let url = origin.url("/disk.bin");
+    {
+        let peer = common::start(&args);
+        for _ in 0..2 {
+            let (head, got) = get(peer.port, &url, &[]);
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            assert!(got == *body, "in order, from disk the second time");
+        }
+        let (head, got) = get(peer.port, &url, &[("range", "bytes=300000-1000000")]);
+        assert!(head.starts_with("http/1.1 206"), "{head}");
+        assert!(got == body[300000..=1000000]);
+        assert_eq!(origin.ranges().len(), 16);
+    }
+    let peer = common::start(&args);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The start-up scan announces what is on disk in the background.
+    while metric(peer.port, "larder_cache_entries{tier=\"disk\"}") < 16.0 {
+        assert!(Instant::now() < deadline, "the disk scan did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, got) = get(peer.port, &url, &[]);
+    assert!(got == *body, "after a restart");
+    assert_eq!(origin.ranges().len(), 16, "nothing fetched again");
+    let _ = std::fs::remove_dir_all(&dir);
+}
