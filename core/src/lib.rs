@@ -103,6 +103,7 @@ pub mod key;
 pub mod lru;
 pub mod policy;
 pub mod range;
+pub mod resume;
 pub mod ring;
 pub mod segment;
 pub mod storage;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub coalesced: Counter,
     pub peer_forwards: Counter,
     pub peer_errors: Counter,
+    /// Forwarded responses cut mid-body and continued from another peer or this one.
+    pub resumed: Counter,
     pub peers_up: Gauge,
     pub peers_down: Gauge,
     pub bytes_from_cache: Counter,
@@ -97,6 +99,7 @@ impl Metrics {
             coalesced: Counter::default(),
             peer_forwards: Counter::default(),
             peer_errors: Counter::default(),
+            resumed: Counter::default(),
             peers_up: Gauge::default(),
             peers_down: Gauge::default(),
             bytes_from_cache: Counter::default(),
@@ -151,6 +154,11 @@ impl Metrics {
             "larder_peer_errors",
             "Failed attempts to reach a peer",
             m.peer_errors.clone(),
+        );
+        r.register(
+            "larder_resumed",
+            "Forwarded responses cut mid-body and continued (Range + If-Range)",
+            m.resumed.clone(),
         );
         r.register(
             "larder_clients_cut",

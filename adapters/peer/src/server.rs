@@ -599,7 +599,25 @@ async fn route(
                         state
                             .metrics
                             .count_forwarded(Outcome::from_headers(resp.status(), resp.headers()));
-                        return Ok(relay(resp, None, state.settings.idle_timeout, &log));
+                        // A GET of a representation that can be continued survives the owner
+                        // dying mid-body (the rest comes from the next choice).
+                        let (parts, body) = resp.into_parts();
+                        let body: Body = body.map_err(|e| Box::new(e) as BoxError).boxed();
+                        let resumable = (head.method == Method::GET)
+                            .then(|| larder_core::resume::Resumable::of(&parts))
+                            .flatten();
+                        let body = match resumable {
+                            Some(r) => {
+                                crate::resume::relay_resuming(state.clone(), body, head, peers, r)
+                            }
+                            None => body,
+                        };
+                        return Ok(relay(
+                            Response::from_parts(parts, body),
+                            None,
+                            state.settings.idle_timeout,
+                            &log,
+                        ));
                     }
                     // Every better peer failed: serve it here (the engine still coalesces).
                     None => state.driver.retry_local(id, head),
@@ -755,12 +773,16 @@ fn respond(
 }
 
 /// Relays an upstream (origin or peer) response as it streams.
-fn relay(
-    resp: Response<Incoming>,
+fn relay<B>(
+    resp: Response<B>,
     cache_status: Option<HeaderValue>,
     idle: Duration,
     log: &impl Fn(u16, String, Option<u64>) -> Option<LogLine>,
-) -> Response<ClientBody> {
+) -> Response<ClientBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     let (mut head, body) = resp.into_parts();
     head.version = http::Version::HTTP_11;
     larder_core::policy::strip_hop_by_hop(&mut head.headers);
@@ -773,8 +795,7 @@ fn relay(
         cache,
         larder_core::policy::content_length(&head.headers),
     );
-    let body =
-        ClientBody::relay(body.map_err(|e| Box::new(e) as BoxError).boxed(), idle).logged(line);
+    let body = ClientBody::relay(body.map_err(Into::into).boxed(), idle).logged(line);
     Response::from_parts(head, body)
 }
 

@@ -380,3 +380,31 @@ fn segments_on_disk_are_served_in_order_and_after_a_restart() {
     assert_eq!(origin.ranges().len(), 16, "nothing fetched again");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The URL's owner itself dies while another peer relays its response: the entry peer asks
+/// the next choice (or itself) for the rest with `Range` + `If-Range`, and the client's
+/// response completes with the right bytes.
+#[test]
+fn the_owner_killed_mid_object_does_not_break_a_forwarded_response() {
+    let body = content(8 * MIB, 8);
+    let b = body.clone();
+    let origin = RangeOrigin::start(Some(MIB), move |_| (b.clone(), "\"v1\"".into()));
+    let mut peers = start_cluster(3, &["--segment-size", "512KiB", "--hot-memory", "0"]);
+    let url = (0..1000)
+        .map(|i| origin.url(&format!("/owner{i}.bin")))
+        .find(|u| owner_of(&peers, u) == 1)
+        .unwrap();
+    let port = peers[0].port;
+    let u = url.clone();
+    let client = std::thread::spawn(move || get(port, &u, &[]));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!client.is_finished(), "killed mid-object");
+    let owner = &mut peers[1];
+    owner.child.kill().unwrap();
+    owner.child.wait().unwrap();
+    let (head, got) = client.join().unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(got.len(), body.len(), "the response completes");
+    assert!(got == *body, "with the right bytes");
+    assert_eq!(metric(peers[0].port, "larder_resumed_total"), 1.0);
+}
