@@ -420,9 +420,10 @@ proptest! {
         prop_assert!(d.s_maxage().is_none() || d.has_s_maxage());
         prop_assert!(d.max_stale().is_none() || d.has_max_stale());
         prop_assert!(d.min_fresh().is_none() || d.has_min_fresh());
-        let mut res = http::Response::new(()).into_parts().0;
-        res.headers = h.clone();
-        Policy::default().prepare_response(&mut res);
+        let mut raw = http::Response::new(()).into_parts().0;
+        raw.headers = h.clone();
+        // What the policy judges: the canonical form.
+        let res = Policy::default().canonical_response(&raw);
         let p = Directives::parse(&res.headers);
         prop_assert_eq!(
             (p.max_age(), p.s_maxage(), p.stale_while_revalidate(), p.stale_if_error()),

@@ -59,6 +59,10 @@ pub(super) fn set_status_headers(
     status: &CacheStatus,
     age: Option<u64>,
 ) {
+    // RFC 9110 §8.6: no Content-Length on a 1xx or 204 (the store keeps its own, 0).
+    if head.status == StatusCode::NO_CONTENT || head.status.is_informational() {
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
     if let Some(age) = age {
         head.headers.insert(header::AGE, age.into());
     }

@@ -311,14 +311,52 @@ impl Policy {
         self.config.mode == CacheMode::Shared
     }
 
-    /// Prepares an upstream head for judging and storing: `Age` reduced to the first
-    /// value of the first line (RFC 9111 §5.1; an invalid one is dropped), and the
-    /// field-qualified forms of `no-cache` and `private` applied (§5.2.2.4, §5.2.2.7): the
-    /// listed fields are removed and the rest stays usable. (Left in place, the crate would
-    /// read `no-cache="a"` as a bare `no-cache`, and `Age: 7200, 0` as 0.) Delta-seconds
+    /// Prepares an upstream head for storing and serving: `Age` reduced to the first value
+    /// of the first line (RFC 9111 §5.1; an invalid one is dropped), and the fields named by
+    /// `no-cache="..."` and (in a shared cache) `private="..."` removed (§5.2.2.4, §5.2.2.7).
+    /// `Cache-Control` itself is passed on as the origin wrote it (RFC 9111 §5.2: a cache
+    /// forwards directives, it does not rewrite them); the policy judges the canonical form
+    /// ([`Policy::canonical_response`]) on its own copy.
+    pub fn prepare_response(&self, res: &mut response::Parts) {
+        normalize_age(&mut res.headers);
+        for f in self.fields_to_strip(&res.headers) {
+            res.headers.remove(f.as_str());
+        }
+    }
+
+    /// The names `no-cache="..."` and, in a shared cache, `private="..."` list.
+    fn fields_to_strip(&self, headers: &http::HeaderMap) -> Vec<String> {
+        let mut strip = Vec::new();
+        for v in headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            for d in directives::directives(v) {
+                match (d.name.as_str(), &d.value) {
+                    ("no-cache", Some(fields)) => strip.extend(field_names(fields)),
+                    ("private", Some(fields)) if self.shared() => strip.extend(field_names(fields)),
+                    _ => {}
+                }
+            }
+        }
+        strip.retain(|f| !f.is_empty());
+        strip
+    }
+
+    /// The head as the policy (and `http-cache-semantics`) judges it: [`prepared`](
+    /// Policy::prepare_response), with `Cache-Control` rewritten canonically. The field-
+    /// qualified forms of `no-cache` and `private` are applied (left in place, the crate
+    /// would read `no-cache="a"` as a bare `no-cache`); names are lower-cased, delta-seconds
     /// past 2^31 become 2^31 (RFC 9111 §1.2.2), so no lifetime the crate or this module
     /// computes can overflow, whatever the origin wrote.
-    pub fn prepare_response(&self, res: &mut response::Parts) {
+    pub fn canonical_response(&self, res: &response::Parts) -> response::Parts {
+        let mut res = crate::heads::clone_response(res);
+        self.canonicalize(&mut res);
+        res
+    }
+
+    fn canonicalize(&self, res: &mut response::Parts) {
         normalize_age(&mut res.headers);
         let values: Vec<String> = res
             .headers
@@ -378,6 +416,7 @@ impl Policy {
         if req.method != Method::GET {
             return Err(NotStored::Method);
         }
+        let res = &self.canonical_response(res);
         let req_cc = Directives::parse(&req.headers);
         let res_cc = Directives::parse(&res.headers);
         if req_cc.no_store() {
@@ -532,20 +571,23 @@ impl Policy {
         }
         // A 304 without validators answers the conditional we sent for exactly this entry
         // (many servers send bare 304s); give it the entry's validators so it matches.
-        let mut res = crate::heads::clone_response(res);
-        self.prepare_response(&mut res);
-        if !res.headers.contains_key(header::ETAG)
-            && !res.headers.contains_key(header::LAST_MODIFIED)
+        // The 304's fields as they are merged into the stored head (Cache-Control as sent),
+        // and the canonical form the crate judges.
+        let mut merged_in = crate::heads::clone_response(res);
+        self.prepare_response(&mut merged_in);
+        if !merged_in.headers.contains_key(header::ETAG)
+            && !merged_in.headers.contains_key(header::LAST_MODIFIED)
         {
             for name in [header::ETAG, header::LAST_MODIFIED] {
                 if let Some(v) = stored.validator(&name) {
-                    res.headers.insert(name, v);
+                    merged_in.headers.insert(name, v);
                 }
             }
         }
+        let res = self.canonical_response(&merged_in);
         match stored.policy.after_response(sent, &res, now) {
             AfterResponse::NotModified(policy, mut head) => {
-                if let Some((stored, head)) = self.merge_304(stored_head, &res, sent, now) {
+                if let Some((stored, head)) = self.merge_304(stored_head, &merged_in, sent, now) {
                     return Revalidated::NotModified {
                         stored: Box::new(stored),
                         head,

@@ -644,7 +644,15 @@ fn qualified_no_cache_and_private_strip_fields_only() {
     p.prepare_response(&mut r);
     assert!(r.headers.get("a").is_none() && r.headers.get("b").is_none());
     assert_eq!(r.headers.get("c").unwrap(), "3");
-    assert_eq!(r.headers.get("cache-control").unwrap(), "max-age=3600");
+    // Cache-Control is passed on as written (RFC 9111 §5.2); the policy judges its
+    // canonical form.
+    let cc: Vec<_> = r.headers.get_all("cache-control").iter().collect();
+    assert_eq!(cc, ["no-cache=\"a, b\"", "max-age=3600"]);
+    let canonical = p.canonical_response(&r);
+    assert_eq!(
+        canonical.headers.get("cache-control").unwrap(),
+        "max-age=3600"
+    );
     let s = p.storable(&req("GET", &[]), &r, t0()).unwrap();
     assert!(matches!(
         p.reuse(&s, &req("GET", &[]), secs(10)),

@@ -1,6 +1,6 @@
 //! Misses, hits and what makes two requests one key.
 
-use crate::sim::{Sim, assert_hit, assert_miss};
+use crate::sim::{Reply, Sim, assert_hit, assert_miss};
 use crate::{URL, fresh};
 
 #[test]
@@ -75,4 +75,48 @@ fn bad_targets_get_400() {
     let r = s.get("/relative", &[]);
     assert_eq!(r.status(), 400);
     assert!(r.text().contains("absolute"));
+}
+
+/// RFC 9110 §8.6: a 204 carries no Content-Length, from the origin's fill or from the cache
+/// (the store kept one, 0, for itself).
+#[test]
+fn a_204_from_cache_has_no_content_length() {
+    let mut s = Sim::single(|_, _| Reply::ok("", &[("cache-control", "max-age=60")]).status(204));
+    for round in 0..2 {
+        let r = s.get(URL, &[]);
+        assert_eq!(r.status(), 204, "round {round}");
+        assert_eq!(r.header("content-length"), None, "round {round}");
+    }
+    assert_eq!(s.origin_hits(), 1);
+}
+
+/// RFC 9111 §5.2, RFC 9110 §7.6: `Cache-Control` reaches the client as the origin wrote it,
+/// from the fill and from the cache; only the fields `no-cache="..."` and `private="..."`
+/// name are withheld from the hits (the client that caused the fill gets them).
+#[test]
+fn cache_control_is_passed_on_as_written() {
+    let cc = "max-age=60, no-cache=\"set-cookie\", private=\"x-user\", X-Ext=\"a, b\"";
+    let mut s = Sim::single(move |_, _| {
+        Reply::ok(
+            "x",
+            &[
+                ("cache-control", cc),
+                ("set-cookie", "a=b"),
+                ("x-user", "u1"),
+            ],
+        )
+    });
+    let r = s.get(URL, &[]);
+    assert_eq!(r.header("cache-control").as_deref(), Some(cc));
+    assert_eq!(
+        (
+            r.header("set-cookie").as_deref(),
+            r.header("x-user").as_deref()
+        ),
+        (Some("a=b"), Some("u1"))
+    );
+    let r = s.get(URL, &[]);
+    assert_hit(r);
+    assert_eq!(r.header("cache-control").as_deref(), Some(cc));
+    assert_eq!((r.header("set-cookie"), r.header("x-user")), (None, None));
 }
