@@ -452,7 +452,29 @@ impl Policy {
             }
         }
         let kept = policy_request(req, &vary);
-        let policy = CachePolicy::new_options(&kept, res, now, self.config.options());
+        // RFC 9111 §3: any final status may be stored with explicit freshness; the crate
+        // knows a fixed list only. Its copy of such a response is judged as a 200 (its
+        // rules are otherwise the same); the stored head keeps the real status, and without
+        // explicit freshness nothing changes (heuristics stay with the codes RFC 9110 §15.1
+        // allows them for).
+        let explicit = res_cc.has_max_age()
+            || (shared && res_cc.has_s_maxage())
+            || res.headers.contains_key(header::EXPIRES);
+        let as_judged;
+        let judged = match res.status.as_u16() {
+            s @ 200..=599
+                if explicit && s != 206 && s != 304 && !is_understood_status(res.status) =>
+            {
+                as_judged = {
+                    let mut r = crate::heads::clone_response(res);
+                    r.status = StatusCode::OK;
+                    r
+                };
+                &as_judged
+            }
+            _ => res,
+        };
+        let policy = CachePolicy::new_options(&kept, judged, now, self.config.options());
         if !policy.is_storable() {
             return Err(if is_understood_status(res.status) {
                 NotStored::NotCacheable
@@ -597,8 +619,10 @@ impl Policy {
                 // the crate's narrower merge, which keeps the stored response's fields only.
                 strip_hop_by_hop(&mut head.headers);
                 // The crate rewrites Date and Age for a response it would send; we keep the
-                // stored copy's fields and compute Age when serving.
+                // stored copy's fields and compute Age when serving (and its status: the
+                // crate may have judged it as a 200).
                 head.headers.remove(header::AGE);
+                head.status = stored_head.status;
                 let ttl = bounded_ttl(&policy, now);
                 let res_cc = Directives::parse(&head.headers);
                 let max_age = ttl.saturating_add(policy.age(now));

@@ -115,7 +115,8 @@ fn s3_refuses_with_reasons() {
             "GET",
             &[],
             500,
-            &[("cache-control", "max-age=60")],
+            // Explicit freshness stores any final status (RFC 9111 §3); heuristics do not.
+            &[("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT")],
             NotStored::Status(500),
         ),
         (

@@ -184,3 +184,44 @@ fn a_qualified_no_cache_keeps_the_cookie_for_the_client_that_asked() {
     assert_eq!(r.header("set-cookie"), None);
     assert_eq!(s.origin_hits(), 1);
 }
+
+/// RFC 9111 §3, §4.2.2: any final status is stored when it has explicit freshness (the
+/// crate alone knows a fixed list); heuristic freshness stays with the codes RFC 9110 §15.1
+/// makes heuristically cacheable.
+#[test]
+fn any_final_status_with_explicit_freshness_is_stored() {
+    for status in [299u16, 400, 499, 500, 502, 503, 504, 599] {
+        for (fields, stored) in [
+            (&[("cache-control", "max-age=60")][..], true),
+            (&[("cache-control", "s-maxage=60")][..], true),
+            (&[("expires", "Thu, 01 Jan 2099 00:00:00 GMT")][..], true),
+            // Only heuristics: not for these codes.
+            (
+                &[("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT")][..],
+                false,
+            ),
+            (&[("cache-control", "max-age=60, no-store")][..], false),
+        ] {
+            let f: Vec<(String, String)> = fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let mut s = Sim::single(move |_, _| {
+                let fs: Vec<(&str, &str)> =
+                    f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                Reply::ok("body", &fs).status(status)
+            });
+            let r = s.get(URL, &[]);
+            assert_eq!(r.status(), status);
+            let r = s.get(URL, &[]);
+            if stored {
+                // A hit, with its own status and body.
+                assert_eq!((r.status(), r.text().as_str()), (status, "body"));
+                assert_hit(r);
+            } else {
+                assert!(r.passed, "{status} {fields:?}: not stored, so passed");
+            }
+            assert_eq!(s.origin_hits() == 1, stored, "{status} {fields:?}");
+        }
+    }
+}
