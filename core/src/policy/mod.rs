@@ -358,6 +358,7 @@ impl Policy {
 
     fn canonicalize(&self, res: &mut response::Parts) {
         normalize_age(&mut res.headers);
+        normalize_dates(&mut res.headers);
         let values: Vec<String> = res
             .headers
             .get_all(header::CACHE_CONTROL)
@@ -941,6 +942,39 @@ fn is_understood_status(s: StatusCode) -> bool {
         s.as_u16(),
         200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
     )
+}
+
+/// RFC 9110 §5.6.7: the date fields the policy reads, in the one form its crate parses.
+/// The three formats a recipient must accept (IMF-fixdate, RFC 850, asctime) are rewritten
+/// as IMF-fixdate; anything else (a wrong day name, extra spaces, a zone other than GMT) is
+/// invalid: an `Expires` then means "already expired" (RFC 9111 §5.3), an invalid `Date` or
+/// `Last-Modified` is ignored. (The crate reads RFC 2822 leniently: `+0000` and any day name
+/// pass, RFC 850 and asctime do not.)
+fn normalize_dates(h: &mut http::HeaderMap) {
+    for name in [header::EXPIRES, header::DATE, header::LAST_MODIFIED] {
+        let Some(v) = h.get(&name) else { continue };
+        let parsed = v
+            .to_str()
+            .ok()
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        match (parsed, &name) {
+            (Some(t), _) => {
+                let imf = httpdate::fmt_http_date(t);
+                if v.as_bytes() != imf.as_bytes() {
+                    h.insert(name, imf.parse().expect("an HTTP-date is a valid field"));
+                }
+            }
+            (None, n) if *n == header::EXPIRES => {
+                h.insert(
+                    name,
+                    http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+                );
+            }
+            (None, _) => {
+                h.remove(name);
+            }
+        }
+    }
 }
 
 /// A `Content-Length` that is not one valid number: it cannot frame a body (RFC 9112 §6.3).

@@ -255,3 +255,51 @@ fn a_no_store_request_does_not_refresh_the_entry() {
     );
     assert_eq!(s.origin_hits(), 3);
 }
+
+/// RFC 9110 §5.6.7, RFC 9111 §5.3: the three date formats a recipient must accept give the
+/// same freshness; invalid dates (a wrong day name, an extra space, a zone other than GMT)
+/// make `Expires` "already expired".
+#[test]
+fn http_dates_in_all_three_formats_and_invalid_ones() {
+    for (expires, fresh) in [
+        ("Thu, 01 Jan 2099 00:00:00 GMT", true),
+        ("Sunday, 01-Jan-40 00:00:00 GMT", true),
+        ("Thu Jan  1 00:00:00 2099", true),
+        ("Fri, 01 Jan 2099 00:00:00 GMT", false),
+        ("Thu,  01 Jan 2099 00:00:00 GMT", false),
+        ("Thu, 01 Jan 2099 00:00:00 UTC", false),
+        ("Thu, 01 Jan 2099 00:00:00 +0000", false),
+        ("0", false),
+    ] {
+        let e = expires.to_owned();
+        let mut s = crate::sim::Sim::single(move |_, _| {
+            crate::sim::Reply::ok("x", &[("expires", e.as_str()), ("etag", "\"a\"")])
+        });
+        s.get(crate::URL, &[]);
+        let r = s.get(crate::URL, &[]);
+        assert_eq!(
+            r.cache_status().contains("; hit"),
+            fresh,
+            "{expires}: {}",
+            r.cache_status()
+        );
+        // Passed on as written.
+        assert_eq!(r.header("expires").as_deref(), Some(expires));
+    }
+}
+
+/// RFC 9111 §5.2: directive names are case-insensitive, in responses and requests.
+#[test]
+fn directive_names_in_any_case() {
+    let mut s = crate::sim::Sim::single(|_, _| {
+        crate::sim::Reply::ok("x", &[("cache-control", "MaX-aGe=60"), ("etag", "\"a\"")])
+    });
+    s.get(crate::URL, &[]);
+    assert!(s.get(crate::URL, &[]).cache_status().contains("; hit"));
+    let r = s.get(crate::URL, &[("cache-control", "No-CaChE")]);
+    assert!(
+        r.cache_status().contains("fwd=request"),
+        "{}",
+        r.cache_status()
+    );
+}
