@@ -81,7 +81,9 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the 5 s keep-alive many origins (Apache's default) use: a connection they
+            // are about to close is dropped here first.
+            .pool_idle_timeout(Duration::from_secs(4))
             .pool_max_idle_per_host(64)
             .build(https);
         let via = HeaderValue::from_str(&format!("1.1 {via}"))
@@ -116,10 +118,35 @@ impl Upstream {
     ) -> Result<Response<Incoming>, OriginError> {
         *req.version_mut() = http::Version::HTTP_11;
         frame_request(&mut req);
-        let connection = capture_connection(&mut req);
         req.headers_mut()
             .append(http::header::VIA, self.via.clone());
-        match tokio::time::timeout(first_byte, self.client.request(req)).await {
+        // A GET or HEAD (no body to lose) whose connection broke before any answer (the
+        // origin closed a pooled keep-alive connection as it was reused) is sent once more,
+        // on a new connection, rather than answered 502.
+        let again = matches!(*req.method(), http::Method::GET | http::Method::HEAD).then(|| {
+            let mut r = Request::new(empty());
+            *r.method_mut() = req.method().clone();
+            *r.uri_mut() = req.uri().clone();
+            *r.version_mut() = req.version();
+            *r.headers_mut() = req.headers().clone();
+            r
+        });
+        let started = tokio::time::Instant::now();
+        let connection = capture_connection(&mut req);
+        let mut sent = tokio::time::timeout(first_byte, self.client.request(req)).await;
+        let broken = matches!(&sent, Ok(Err(e)) if !e.is_connect()
+            && crate::guard::not_allowed(e).is_none());
+        let connection = match (broken, again) {
+            (true, Some(mut retry)) => {
+                tracing::debug!(url = %retry.uri(), "upstream connection broke before an answer: sending again");
+                let left = first_byte.saturating_sub(started.elapsed());
+                let c = capture_connection(&mut retry);
+                sent = tokio::time::timeout(left, self.client.request(retry)).await;
+                c
+            }
+            _ => connection,
+        };
+        match sent {
             Err(_) => Err(OriginError::Failed(SendError::Timeout)),
             Ok(Err(e)) => match crate::guard::not_allowed(&e) {
                 Some(refused) => Err(OriginError::NotAllowed(refused.clone())),
