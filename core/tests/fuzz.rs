@@ -465,6 +465,7 @@ proptest! {
             min_ttl: Duration::from_secs(min_ttl),
             max_object_size: max_object,
             heuristic_fraction: 0.1,
+            stale_if_unreachable: Duration::from_secs(min_ttl.min(1 << 31)),
         });
         let client = request(method, &req_fields);
         let sent = policy::fill_request(&client);

@@ -48,6 +48,10 @@ pub struct Args {
     /// Private-cache mode: store `private` and authorized responses (single tenant only).
     #[arg(long, env = "LARDER_PRIVATE")]
     pub private: Option<bool>,
+    /// How stale a stored response may be served when the origin cannot be reached
+    /// (refused, reset, silent; RFC 9111 §4.2.4) [default: 1d]; 0 turns it off.
+    #[arg(long, env = "LARDER_SERVE_STALE_ON_ERROR")]
+    pub serve_stale_on_error: Option<String>,
     /// Peer placement: hrw (rendezvous, default) or groupcache (Go forwardcache compatible).
     #[arg(long, env = "LARDER_RING")]
     pub ring: Option<String>,
@@ -130,6 +134,7 @@ struct FileConfig {
     max_object_size: Option<String>,
     min_ttl: Option<String>,
     private: Option<bool>,
+    serve_stale_on_error: Option<String>,
     ring: Option<String>,
     segment_size: Option<String>,
     segment_read_ahead: Option<usize>,
@@ -289,6 +294,10 @@ impl Args {
         let max_object_size = size(or(self.max_object_size, file.max_object_size), 64 << 20)?;
         let segment_size = size(or(self.segment_size, file.segment_size), 2 << 20)?;
         let min_ttl = dur(or(self.min_ttl, file.min_ttl), Duration::ZERO)?;
+        let stale_if_unreachable = dur(
+            or(self.serve_stale_on_error, file.serve_stale_on_error),
+            Duration::from_secs(24 * 3600),
+        )?;
         let ring: RingKind = or(self.ring, file.ring)
             .unwrap_or_else(|| "hrw".into())
             .parse()?;
@@ -341,6 +350,7 @@ impl Args {
                 },
                 min_ttl,
                 max_object_size,
+                stale_if_unreachable,
                 ..PolicyConfig::default()
             },
             memory,

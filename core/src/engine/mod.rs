@@ -1870,7 +1870,12 @@ impl Engine {
         }
         if f.head.is_none() {
             if let FetchKind::Revalidate { variant } = f.kind {
-                if self.serve_stale_on_error(fid, variant, "stale-if-error", false) {
+                // The origin could not be reached at all (RFC 9111 §4.2.4), or answered
+                // nothing usable: a stale copy may do.
+                let unreachable = !matches!(error, UpstreamError::DestinationNotAllowed);
+                let served = self.serve_stale_on_error(fid, variant, "stale-if-error", false)
+                    || (unreachable && self.serve_stale_unreachable(fid, variant, error.as_str()));
+                if served {
                     return;
                 }
             }
@@ -2042,15 +2047,40 @@ impl Engine {
         detail: &'static str,
         cancel: bool,
     ) -> bool {
+        self.serve_stale(fid, variant, detail, cancel, false)
+    }
+
+    /// The origin could not be reached (the fetch has ended): its clients get a stale copy
+    /// when every one of them may (RFC 9111 §4.2.4).
+    fn serve_stale_unreachable(
+        &mut self,
+        fid: FetchId,
+        variant: EntryId,
+        detail: &'static str,
+    ) -> bool {
+        self.serve_stale(fid, variant, detail, false, true)
+    }
+
+    fn serve_stale(
+        &mut self,
+        fid: FetchId,
+        variant: EntryId,
+        detail: &'static str,
+        cancel: bool,
+        unreachable: bool,
+    ) -> bool {
         let Some(entry) = self.store.hot(variant) else {
             return false;
         };
         let f = &self.fetches[&fid];
         let clients: Vec<ClientId> = f.clients.clone();
         let all_allow = clients.iter().all(|c| {
-            self.clients
-                .get(c)
-                .is_some_and(|c| self.policy.stale_if_error(&entry.stored, &c.req, self.now))
+            self.clients.get(c).is_some_and(|c| match unreachable {
+                true => self
+                    .policy
+                    .stale_if_unreachable(&entry.stored, &c.req, self.now),
+                false => self.policy.stale_if_error(&entry.stored, &c.req, self.now),
+            })
         });
         if !all_allow {
             return false;

@@ -43,6 +43,10 @@ pub struct PolicyConfig {
     pub max_object_size: u64,
     /// Fraction of (Date − Last-Modified) used as heuristic freshness (RFC 9111 §4.2.2).
     pub heuristic_fraction: f32,
+    /// How stale a stored response may be served when the origin cannot be reached at all
+    /// (RFC 9111 §4.2.4: refused, reset, closed, silent); zero: never. `stale-if-error`
+    /// bounds it instead when the response or request has one.
+    pub stale_if_unreachable: Duration,
 }
 
 impl Default for PolicyConfig {
@@ -52,6 +56,7 @@ impl Default for PolicyConfig {
             min_ttl: Duration::ZERO,
             max_object_size: 64 << 20,
             heuristic_fraction: 0.1,
+            stale_if_unreachable: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -571,6 +576,29 @@ impl Policy {
             },
         };
         self.staleness(stored, now) <= window
+    }
+
+    /// RFC 9111 §4.2.4: may a stale response be served because the origin cannot be reached
+    /// at all? `stale-if-error`, when present, decides (and bounds) as for an error status;
+    /// otherwise `must-revalidate`, `no-cache`, and in a shared cache `proxy-revalidate`
+    /// and `s-maxage`, forbid it, as does a request's `no-cache`; else up to
+    /// `stale_if_unreachable` of staleness.
+    pub fn stale_if_unreachable(
+        &self,
+        stored: &Stored,
+        req: &request::Parts,
+        now: SystemTime,
+    ) -> bool {
+        let now = crate::time::clamp(now);
+        let req_cc = Directives::parse(&req.headers);
+        if stored.res_cc.stale_if_error().is_some() || req_cc.stale_if_error().is_some() {
+            return self.stale_if_error(stored, req, now);
+        }
+        if stored.must_revalidate() || stored.res_cc.no_cache() || req_cc.no_cache() {
+            return false;
+        }
+        let limit = self.config.stale_if_unreachable;
+        !limit.is_zero() && self.staleness(stored, now) <= limit
     }
 
     /// Merges a validation response into a stored entry (RFC 9111 §4.3.4).

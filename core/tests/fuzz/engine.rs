@@ -329,6 +329,8 @@ impl Driver {
                 min_ttl: Duration::from_secs(cfg.min_ttl),
                 max_object_size: cfg.max_object,
                 heuristic_fraction: 0.1,
+                // Stale copies served on unreachable origins too (cfg.collapse varies it).
+                stale_if_unreachable: Duration::from_secs(cfg.collapse * 60),
             },
             memory: cfg.memory,
             self_id: cfg.cluster.then(|| PEERS[0].to_owned()),

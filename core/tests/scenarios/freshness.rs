@@ -303,3 +303,51 @@ fn directive_names_in_any_case() {
         r.cache_status()
     );
 }
+
+/// RFC 9111 §4.2.4: an origin that cannot be reached at all gets a stale copy served (up to
+/// `stale_if_unreachable`), unless a directive forbids serving it stale; `stale-if-error`,
+/// when present, bounds it.
+#[test]
+fn a_stale_copy_is_served_when_the_origin_is_unreachable() {
+    use larder_core::Config;
+    use larder_core::policy::PolicyConfig;
+    let run = |cc: &'static str, req: &[(&str, &str)], limit: u64| {
+        let cfg = Config {
+            policy: PolicyConfig {
+                stale_if_unreachable: std::time::Duration::from_secs(limit),
+                ..PolicyConfig::default()
+            },
+            ..Config::default()
+        };
+        let mut s = Sim::new(1, cfg, move |_, n| {
+            if n >= 1 {
+                Reply::ok("", &[]).failing(Failure::BeforeHead)
+            } else {
+                Reply::ok("keep me", &[("cache-control", cc), ("etag", "\"a\"")])
+            }
+        });
+        s.get(URL, &[]);
+        s.advance(60);
+        let r = s.get(URL, req);
+        (r.status(), r.cache_status())
+    };
+    let (status, cs) = run("max-age=10", &[], 3600);
+    assert_eq!(status, 200, "{cs}");
+    assert!(
+        cs.contains("fwd=stale") && cs.contains("detail=origin-unreachable"),
+        "{cs}"
+    );
+    for (cc, req, limit) in [
+        ("max-age=10, must-revalidate", &[][..], 3600),
+        ("max-age=10, proxy-revalidate", &[], 3600),
+        ("max-age=10, s-maxage=10", &[], 3600),
+        ("max-age=10, no-cache", &[], 3600),
+        ("max-age=10", &[("cache-control", "no-cache")][..], 3600),
+        ("max-age=10, stale-if-error=5", &[], 3600),
+        ("max-age=10", &[], 30),
+        ("max-age=10", &[], 0),
+    ] {
+        let (status, cs) = run(cc, req, limit);
+        assert_eq!(status, 502, "{cc} {req:?} {limit}: {cs}");
+    }
+}
