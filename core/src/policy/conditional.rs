@@ -13,10 +13,10 @@ pub fn is_not_modified(req: &HeaderMap, res: &HeaderMap) -> bool {
             .map(str::trim)
             .any(|t| t == "*" || etag.is_some_and(|e| weak_eq(t, e.trim())));
     }
-    if let (Some(ims), Some(lm)) = (
-        header_str(req, header::IF_MODIFIED_SINCE),
-        header_str(res, header::LAST_MODIFIED),
-    ) {
+    // RFC 9110 §13.1.3: without a Last-Modified, the stored response's Date (when it was
+    // generated) may stand for it (RFC 9111 §4.3.2 lets a cache use it).
+    let modified = header_str(res, header::LAST_MODIFIED).or(header_str(res, header::DATE));
+    if let (Some(ims), Some(lm)) = (header_str(req, header::IF_MODIFIED_SINCE), modified) {
         if let (Ok(ims), Ok(lm)) = (
             httpdate::parse_http_date(ims),
             httpdate::parse_http_date(lm),

@@ -120,3 +120,30 @@ fn cache_control_is_passed_on_as_written() {
     assert_eq!(r.header("cache-control").as_deref(), Some(cc));
     assert_eq!((r.header("set-cookie"), r.header("x-user")), (None, None));
 }
+
+/// RFC 9110 §13.1.3, RFC 9111 §4.3.2: `If-Modified-Since` is answered 304 from a stored
+/// response that has no `Last-Modified` but a `Date` no later than the client's date.
+#[test]
+fn if_modified_since_against_date_when_no_last_modified() {
+    let mut s = Sim::single(|_, _| {
+        Reply::ok(
+            "x",
+            &[
+                ("cache-control", "max-age=600"),
+                ("date", "Tue, 14 Nov 2023 22:13:20 GMT"),
+            ],
+        )
+    });
+    s.get(URL, &[]);
+    let r = s.get(
+        URL,
+        &[("if-modified-since", "Wed, 15 Nov 2023 00:00:00 GMT")],
+    );
+    assert_eq!(r.status(), 304, "{}", r.cache_status());
+    let r = s.get(
+        URL,
+        &[("if-modified-since", "Mon, 13 Nov 2023 00:00:00 GMT")],
+    );
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.origin_hits(), 1);
+}
