@@ -422,12 +422,24 @@ impl Policy {
         if req.method != Method::GET {
             return Err(NotStored::Method);
         }
-        let res = &self.canonical_response(res);
+        let mut res = self.canonical_response(res);
         let req_cc = Directives::parse(&req.headers);
-        let res_cc = Directives::parse(&res.headers);
+        let mut res_cc = Directives::parse(&res.headers);
         if req_cc.no_store() {
             return Err(NotStored::RequestNoStore);
         }
+        // RFC 9111 §5.2.2.3: `must-understand` stores only a status this cache implements,
+        // and then its `no-store` (there for caches that do not understand) is ignored.
+        if res_cc.must_understand() {
+            if !is_understood_status(res.status) {
+                return Err(NotStored::Status(res.status.as_u16()));
+            }
+            if res_cc.no_store() {
+                without_directive(&mut res.headers, "no-store");
+                res_cc = Directives::parse(&res.headers);
+            }
+        }
+        let res = &res;
         if res_cc.no_store() {
             return Err(NotStored::NoStore);
         }
@@ -1001,6 +1013,25 @@ fn normalize_dates(h: &mut http::HeaderMap) {
             (None, _) => {
                 h.remove(name);
             }
+        }
+    }
+}
+
+/// Drops one directive from a canonical `Cache-Control` (no quoted commas left in it).
+fn without_directive(h: &mut HeaderMap, name: &str) {
+    let kept: Vec<String> = h
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && d.split('=').next() != Some(name))
+        .map(str::to_owned)
+        .collect();
+    h.remove(header::CACHE_CONTROL);
+    if let Ok(v) = kept.join(", ").parse() {
+        if !kept.is_empty() {
+            h.insert(header::CACHE_CONTROL, v);
         }
     }
 }

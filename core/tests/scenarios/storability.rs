@@ -225,3 +225,22 @@ fn any_final_status_with_explicit_freshness_is_stored() {
         }
     }
 }
+
+/// RFC 9111 §5.2.2.3: `must-understand` stores a response whose status this cache
+/// implements, ignoring the `no-store` beside it; any other status is not stored.
+#[test]
+fn must_understand_ignores_no_store_for_understood_statuses() {
+    for (status, cc, stored) in [
+        (200, "max-age=60, no-store, must-understand", true),
+        (404, "max-age=60, must-understand, no-store", true),
+        (299, "max-age=60, must-understand", false),
+        (299, "max-age=60, no-store, must-understand", false),
+        (200, "max-age=60, no-store", false),
+    ] {
+        let mut s =
+            Sim::single(move |_, _| Reply::ok("body", &[("cache-control", cc)]).status(status));
+        s.get(URL, &[]);
+        let hit = s.get(URL, &[]).cache_status().contains("; hit");
+        assert_eq!((s.origin_hits() == 1, hit), (stored, stored), "{status} {cc}");
+    }
+}
