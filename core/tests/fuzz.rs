@@ -466,6 +466,7 @@ proptest! {
             max_object_size: max_object,
             heuristic_fraction: 0.1,
             stale_if_unreachable: Duration::from_secs(min_ttl.min(1 << 31)),
+            targeted: vec!["cdn-cache-control".into()],
         });
         let client = request(method, &req_fields);
         let sent = policy::fill_request(&client);

@@ -52,6 +52,11 @@ pub struct Args {
     /// (refused, reset, silent; RFC 9111 §4.2.4) [default: 1d]; 0 turns it off.
     #[arg(long, env = "LARDER_SERVE_STALE_ON_ERROR")]
     pub serve_stale_on_error: Option<String>,
+    /// Targeted cache-control fields this cache obeys instead of Cache-Control (RFC 9213),
+    /// first match wins, e.g. larder-cache-control,cdn-cache-control [default:
+    /// cdn-cache-control].
+    #[arg(long, env = "LARDER_TARGETED_CACHE_CONTROL", value_delimiter = ',')]
+    pub targeted_cache_control: Vec<String>,
     /// Peer placement: hrw (rendezvous, default) or groupcache (Go forwardcache compatible).
     #[arg(long, env = "LARDER_RING")]
     pub ring: Option<String>,
@@ -135,6 +140,7 @@ struct FileConfig {
     min_ttl: Option<String>,
     private: Option<bool>,
     serve_stale_on_error: Option<String>,
+    targeted_cache_control: Option<Vec<String>>,
     ring: Option<String>,
     segment_size: Option<String>,
     segment_read_ahead: Option<usize>,
@@ -351,6 +357,18 @@ impl Args {
                 min_ttl,
                 max_object_size,
                 stale_if_unreachable,
+                targeted: {
+                    let names = list(self.targeted_cache_control, file.targeted_cache_control);
+                    if names.is_empty() {
+                        PolicyConfig::default().targeted
+                    } else {
+                        names
+                            .iter()
+                            .map(|n| n.trim().to_ascii_lowercase())
+                            .filter(|n| !n.is_empty())
+                            .collect()
+                    }
+                },
                 ..PolicyConfig::default()
             },
             memory,

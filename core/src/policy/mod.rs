@@ -47,6 +47,10 @@ pub struct PolicyConfig {
     /// (RFC 9111 §4.2.4: refused, reset, closed, silent); zero: never. `stale-if-error`
     /// bounds it instead when the response or request has one.
     pub stale_if_unreachable: Duration,
+    /// Targeted cache-control fields (RFC 9213), lower-case, first wins: the first present
+    /// with a valid value decides this cache's policy instead of `Cache-Control` and
+    /// `Expires` (all are passed on unchanged). Default: `cdn-cache-control`.
+    pub targeted: Vec<String>,
 }
 
 impl Default for PolicyConfig {
@@ -57,6 +61,7 @@ impl Default for PolicyConfig {
             max_object_size: 64 << 20,
             heuristic_fraction: 0.1,
             stale_if_unreachable: Duration::from_secs(24 * 3600),
+            targeted: vec!["cdn-cache-control".into()],
         }
     }
 }
@@ -349,6 +354,22 @@ impl Policy {
         strip
     }
 
+    /// The first targeted field (RFC 9213) of `headers` with a valid value, as the
+    /// Cache-Control directives it stands for.
+    fn targeted(&self, headers: &HeaderMap) -> Option<String> {
+        self.config.targeted.iter().find_map(|name| {
+            let values: Vec<&str> = headers
+                .get_all(name.as_str())
+                .iter()
+                .map(|v| v.to_str().ok())
+                .collect::<Option<_>>()?;
+            if values.is_empty() {
+                return None;
+            }
+            targeted_directives(&values.join(", "))
+        })
+    }
+
     /// The head as the policy (and `http-cache-semantics`) judges it: [`prepared`](
     /// Policy::prepare_response), with `Cache-Control` rewritten canonically. The field-
     /// qualified forms of `no-cache` and `private` are applied (left in place, the crate
@@ -364,6 +385,14 @@ impl Policy {
     fn canonicalize(&self, res: &mut response::Parts) {
         normalize_age(&mut res.headers);
         normalize_dates(&mut res.headers);
+        if let Some(cc) = self.targeted(&res.headers) {
+            // RFC 9213 §2.2: the targeted field replaces Cache-Control and Expires here.
+            res.headers.remove(header::EXPIRES);
+            res.headers.remove(header::CACHE_CONTROL);
+            if let Ok(v) = cc.parse() {
+                res.headers.insert(header::CACHE_CONTROL, v);
+            }
+        }
         let values: Vec<String> = res
             .headers
             .get_all(header::CACHE_CONTROL)
@@ -1015,6 +1044,37 @@ fn normalize_dates(h: &mut http::HeaderMap) {
             }
         }
     }
+}
+
+/// RFC 9213 §2.1: a targeted field is a Structured Fields Dictionary; one that does not
+/// parse is ignored whole. Its members map to Cache-Control directives: `?1` a flag, `?0`
+/// absent, a non-negative integer a delta-seconds, a string or token a quoted argument;
+/// parameters and other types are ignored (the directive too).
+fn targeted_directives(value: &str) -> Option<String> {
+    use sfv::{BareItem, ListEntry, Parser};
+    let dict: sfv::Dictionary = Parser::new(value).parse().ok()?;
+    let mut out = Vec::new();
+    for (key, entry) in &dict {
+        let ListEntry::Item(item) = entry else {
+            continue;
+        };
+        let name = key.as_str();
+        // Delta-seconds are integers here, never strings (RFC 9213 §2.1).
+        let seconds = matches!(
+            name,
+            "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error"
+        );
+        match &item.bare_item {
+            BareItem::Boolean(true) if !seconds => out.push(name.to_owned()),
+            BareItem::Integer(n) if seconds && i64::from(*n) >= 0 => {
+                out.push(format!("{name}={}", i64::from(*n)))
+            }
+            BareItem::String(s) if !seconds => out.push(format!("{name}=\"{}\"", s.as_str())),
+            BareItem::Token(t) if !seconds => out.push(format!("{name}={}", t.as_str())),
+            _ => {}
+        }
+    }
+    Some(out.join(", "))
 }
 
 /// Drops one directive from a canonical `Cache-Control` (no quoted commas left in it).

@@ -331,6 +331,7 @@ impl Driver {
                 heuristic_fraction: 0.1,
                 // Stale copies served on unreachable origins too (cfg.collapse varies it).
                 stale_if_unreachable: Duration::from_secs(cfg.collapse * 60),
+                targeted: vec!["cdn-cache-control".into()],
             },
             memory: cfg.memory,
             self_id: cfg.cluster.then(|| PEERS[0].to_owned()),

@@ -351,3 +351,61 @@ fn a_stale_copy_is_served_when_the_origin_is_unreachable() {
         assert_eq!(status, 502, "{cc} {req:?} {limit}: {cs}");
     }
 }
+
+/// RFC 9213: `CDN-Cache-Control` (a Structured Fields Dictionary) decides instead of
+/// Cache-Control and Expires when it parses; an invalid one is ignored whole; both reach the
+/// client unchanged.
+#[test]
+fn cdn_cache_control_targets_this_cache() {
+    let run = |fields: &'static [(&'static str, &'static str)]| {
+        let mut s = Sim::single(move |_, _| Reply::ok("x", fields));
+        s.get(URL, &[]);
+        s.advance(30);
+        let r = s.get(URL, &[]);
+        let hit = r.cache_status().contains("; hit");
+        // (A response not stored is passed on the second time: no head in the sim.)
+        if r.head.is_some() {
+            for (k, v) in fields {
+                assert_eq!(r.header(k).as_deref(), Some(*v), "{k} passed on");
+            }
+        }
+        (hit, s.origin_hits())
+    };
+    // The targeted field wins over Cache-Control, both ways.
+    let fresh = run(&[
+        ("cdn-cache-control", "max-age=60"),
+        ("cache-control", "no-store"),
+    ]);
+    assert_eq!(fresh, (true, 1));
+    let gone = run(&[
+        ("cdn-cache-control", "no-store"),
+        ("cache-control", "max-age=600"),
+    ]);
+    assert_eq!(gone.1, 2);
+    let short = run(&[
+        ("cdn-cache-control", "max-age=10"),
+        ("cache-control", "max-age=600"),
+    ]);
+    assert!(!short.0);
+    // Expires is ignored too.
+    let exp = run(&[
+        ("cdn-cache-control", "max-age=60"),
+        ("expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+    ]);
+    assert_eq!(exp, (true, 1));
+    // Invalid as a Dictionary: ignored whole, Cache-Control decides.
+    for bad in ["max-age=60,", "max-age=6O", "max-age=60;;x", "MAX-AGE=60"] {
+        let leaked: &'static str = Box::leak(bad.to_owned().into_boxed_str());
+        let fields: &'static [(&'static str, &'static str)] = Box::leak(Box::new([
+            ("cdn-cache-control", leaked),
+            ("cache-control", "max-age=600"),
+        ]));
+        assert_eq!(run(fields), (true, 1), "{bad}");
+    }
+    // A string where seconds are due is not a lifetime.
+    let string = run(&[
+        ("cdn-cache-control", "max-age=\"60\""),
+        ("cache-control", "max-age=600"),
+    ]);
+    assert!(!string.0, "no lifetime: heuristics only (none here)");
+}

@@ -241,6 +241,10 @@ fn must_understand_ignores_no_store_for_understood_statuses() {
             Sim::single(move |_, _| Reply::ok("body", &[("cache-control", cc)]).status(status));
         s.get(URL, &[]);
         let hit = s.get(URL, &[]).cache_status().contains("; hit");
-        assert_eq!((s.origin_hits() == 1, hit), (stored, stored), "{status} {cc}");
+        assert_eq!(
+            (s.origin_hits() == 1, hit),
+            (stored, stored),
+            "{status} {cc}"
+        );
     }
 }
