@@ -1571,12 +1571,7 @@ impl Engine {
                         if !version.is_validated() && !self.config.segment_unvalidated {
                             // Nothing would tell two versions of its segments apart: fetch it
                             // whole instead (and for a while without asking for a segment).
-                            let clients = std::mem::take(&mut f.clients);
-                            let key = f.key.clone();
-                            let until = crate::time::after(now, self.config.hit_for_miss);
-                            self.whole_only.mark(key.clone(), until, now);
-                            self.drop_fetch(fid, true);
-                            self.fill_for(key, clients);
+                            self.fill_whole_instead(fid, true);
                             return;
                         }
                         // Segment 0 of a large object: stored as such; the clients are
@@ -1610,10 +1605,7 @@ impl Engine {
                     }
                     Err(segment::SegmentError::Status(416)) => {
                         // Not even byte 0: an empty object. Ask for it plainly.
-                        let clients = std::mem::take(&mut f.clients);
-                        let key = f.key.clone();
-                        self.drop_fetch(fid, true);
-                        self.fill_for(key, clients);
+                        self.fill_whole_instead(fid, false);
                         return;
                     }
                     Ok(SegmentAnswer::WholeObject) => {
@@ -1632,12 +1624,7 @@ impl Engine {
                     Err(_) => {
                         // A 206 for other bytes, or of unknown length (`bytes 0-99/*`): the
                         // object cannot be cut into segments. Ask for it plainly (for a while).
-                        let clients = std::mem::take(&mut f.clients);
-                        let key = f.key.clone();
-                        let until = crate::time::after(now, self.config.hit_for_miss);
-                        self.whole_only.mark(key.clone(), until, now);
-                        self.drop_fetch(fid, true);
-                        self.fill_for(key, clients);
+                        self.fill_whole_instead(fid, true);
                         return;
                     }
                 }
@@ -2019,6 +2006,22 @@ impl Engine {
             c.phase = Phase::Waiting(fid);
             self.deadlines.clear(cid);
         }
+    }
+
+    /// A probe's object cannot be served from segments: its clients get one plain, shared
+    /// fill instead; with `remember`, the key is fetched whole for a while without a probe.
+    fn fill_whole_instead(&mut self, fid: FetchId, remember: bool) {
+        let Some(f) = self.fetches.get_mut(&fid) else {
+            return;
+        };
+        let clients = std::mem::take(&mut f.clients);
+        let key = f.key.clone();
+        if remember {
+            let until = crate::time::after(self.now, self.config.hit_for_miss);
+            self.whole_only.mark(key.clone(), until, self.now);
+        }
+        self.drop_fetch(fid, true);
+        self.fill_for(key, clients);
     }
 
     /// One unconditional, shared fill for these clients (the first one's request is sent).
