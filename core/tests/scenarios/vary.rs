@@ -98,3 +98,40 @@ fn a_late_joiner_with_another_variant_fetches_its_own() {
     );
     assert_eq!(s.origin_hits(), 2);
 }
+
+/// RFC 9111 §4.1: what may be normalised is: whitespace around commas, the case of the
+/// field names `Vary` lists, values split over several field lines; a different value is
+/// still another variant.
+#[test]
+fn vary_matching_normalises_what_it_may() {
+    let mut s = Sim::single(|_, _| {
+        Reply::ok(
+            "x",
+            &[
+                ("cache-control", "max-age=60"),
+                ("vary", "ACCEPT-encoding, X-Lang"),
+            ],
+        )
+    });
+    s.get(URL, &[("accept-encoding", "gzip,br"), ("x-lang", "en")]);
+    for same in [
+        &[("accept-encoding", "gzip, br"), ("x-lang", "en")][..],
+        &[("accept-encoding", "gzip ,  br"), ("x-lang", "en")],
+        &[
+            ("accept-encoding", "gzip"),
+            ("accept-encoding", "br"),
+            ("x-lang", "en"),
+        ],
+    ] {
+        assert_hit(s.get(URL, same));
+    }
+    assert_eq!(s.origin_hits(), 1);
+    for other in [
+        &[("accept-encoding", "br, gzip"), ("x-lang", "en")][..],
+        &[("accept-encoding", "gzip,br"), ("x-lang", "fr")],
+        &[("accept-encoding", "gzip,br")],
+    ] {
+        let r = s.get(URL, other);
+        assert!(!r.cache_status().contains("; hit"), "{other:?}");
+    }
+}
