@@ -74,7 +74,9 @@ impl Resumable {
             true => head.headers.get(header::ETAG) == Some(&self.validator),
             false => head.headers.get(header::LAST_MODIFIED) == Some(&self.validator),
         };
-        same && total == self.total && got.start == sent && got.end + 1 == self.total
+        same && total == self.total
+            && got.start == sent
+            && got.end.checked_add(1) == Some(self.total)
     }
 }
 
@@ -123,6 +125,8 @@ mod tests {
             "another length"
         );
         assert!(!r.continues(40, &rest("bytes 40-99/*", "\"v1\"")));
+        // A hostile end never overflows (it used to add 1 to it).
+        assert!(!r.continues(40, &rest("bytes 40-18446744073709551615/100", "\"v1\"")));
         let whole = head(200, &[("content-length", "100"), ("etag", "\"v1\"")]);
         assert!(
             !r.continues(40, &whole),

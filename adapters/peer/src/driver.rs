@@ -508,7 +508,12 @@ impl Driver {
                 ClientEvent::Body(b) => b.len(),
                 _ => 0,
             };
-            match inner.chains.get_mut(&client) {
+            // No disk read under way for anyone (the usual case): no lookup per chunk.
+            let chained = match inner.chains.is_empty() {
+                true => None,
+                false => inner.chains.get_mut(&client),
+            };
+            match chained {
                 Some(held) => {
                     lane.held.fetch_add(body, Ordering::Relaxed);
                     held.push_back(Chained::Event(ev));

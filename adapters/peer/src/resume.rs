@@ -9,31 +9,11 @@ use crate::server::State;
 use crate::upstream::{Body, BoxError};
 use bytes::Bytes;
 use http::{Method, request};
-use http_body::Frame;
+use http_body_util::channel::{Channel, Sender};
 use http_body_util::{BodyExt, Full};
 use larder_core::resume::Resumable;
 use larder_core::{ResponseBody, Route};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::sync::mpsc;
-
-/// The body a client reads: what the relaying task hands on, in order.
-struct Channel(mpsc::Receiver<Result<Bytes, BoxError>>);
-
-impl http_body::Body for Channel {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|next| next.map(|r| r.map(Frame::data)))
-    }
-}
 
 /// Relays `body`, the answer to `request` from one of `peers`, continuing it once from the
 /// next choice (or from this peer) if it breaks off before its end.
@@ -45,15 +25,15 @@ pub fn relay_resuming(
     resumable: Resumable,
 ) -> Body {
     // A few frames of slack: the client's reading paces the relay.
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = Channel::new(4);
     tokio::spawn(pump(state, body, tx, request, peers, resumable));
-    Channel(rx).boxed()
+    rx.boxed()
 }
 
 async fn pump(
     state: Arc<State>,
     mut body: Body,
-    tx: mpsc::Sender<Result<Bytes, BoxError>>,
+    mut tx: Sender<Bytes, BoxError>,
     request: request::Parts,
     peers: Vec<String>,
     resumable: Resumable,
@@ -68,7 +48,7 @@ async fn pump(
                     continue;
                 };
                 sent += data.len() as u64;
-                if tx.send(Ok(data)).await.is_err() {
+                if tx.send_data(data).await.is_err() {
                     return;
                 }
             }
@@ -86,7 +66,7 @@ async fn pump(
                         continue;
                     }
                 }
-                let _ = tx.send(Err(e)).await;
+                tx.abort(e);
                 return;
             }
         }

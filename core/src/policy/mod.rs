@@ -406,8 +406,10 @@ impl Policy {
         }) {
             return;
         }
+        for f in self.fields_to_strip(&res.headers) {
+            res.headers.remove(f.as_str());
+        }
         let mut keep = Vec::new();
-        let mut strip = Vec::new();
         for d in values.iter().flat_map(|v| directives::directives(v)) {
             match (d.name.as_str(), &d.value) {
                 // An empty list names no field: the directive applies whole (RFC 9111
@@ -415,20 +417,13 @@ impl Policy {
                 ("no-cache" | "private", Some(fields)) if field_names(fields).next().is_none() => {
                     keep.push(d.name.clone())
                 }
-                ("no-cache", Some(fields)) => strip.extend(field_names(fields)),
-                ("private", Some(fields)) => {
-                    if self.shared() {
-                        strip.extend(field_names(fields));
-                    } else {
-                        // A private cache may keep it all; downstream still sees `private`.
-                        keep.push(d.name.clone());
-                    }
-                }
+                // Applied above: the named fields are gone, the rest stays usable.
+                ("no-cache", Some(_)) => {}
+                ("private", Some(_)) if self.shared() => {}
+                // A private cache may keep it all; downstream still sees `private`.
+                ("private", Some(_)) => keep.push(d.name.clone()),
                 _ => keep.extend(canonical(&d)),
             }
-        }
-        for f in strip.iter().filter(|f| !f.is_empty()) {
-            res.headers.remove(f.as_str());
         }
         res.headers.remove(header::CACHE_CONTROL);
         let keep = first_of_each(keep);
