@@ -15,6 +15,7 @@ pub mod guard;
 pub mod metrics;
 pub mod peers;
 mod read_clock;
+mod reason;
 pub mod resume;
 pub mod server;
 pub mod tls;

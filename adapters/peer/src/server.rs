@@ -769,6 +769,8 @@ fn respond(
         larder_core::policy::content_length(&head.headers)
     };
     let line = log(head.status.as_u16(), cache.to_owned(), length);
+    let mut head = head;
+    crate::reason::from_core(&mut head);
     Response::from_parts(head, b.logged(line))
 }
 

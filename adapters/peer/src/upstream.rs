@@ -290,7 +290,8 @@ async fn feed(
     bytes: &Counter,
     from: &str,
 ) {
-    let (head, mut body) = resp.into_parts();
+    let (mut head, mut body) = resp.into_parts();
+    crate::reason::into_core(&mut head);
     driver.input(Input::UpstreamHead { fetch: fid, head });
     // A client this far behind is cut off: replaying a stored fill to a late follower may
     // queue up to the largest storable object, never more.

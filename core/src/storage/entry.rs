@@ -250,6 +250,10 @@ impl Meta {
         put_fields(&mut b, &self.request.headers);
         b.put_u16_le(self.response.status.as_u16());
         put_fields(&mut b, &self.response.headers);
+        // Optional, last: records written before it existed still read.
+        if let Some(reason) = self.response.extensions.get::<crate::heads::Reason>() {
+            put_bytes(&mut b, reason.as_bytes());
+        }
         b.freeze()
     }
 
@@ -282,6 +286,11 @@ impl Meta {
         response.status = StatusCode::from_u16(r.u16()?).map_err(|_| Corrupt("status"))?;
         response.headers = r.fields()?;
         if !r.0.is_empty() {
+            let phrase = Bytes::copy_from_slice(r.bytes()?);
+            let reason = crate::heads::Reason::new(phrase).ok_or(Corrupt("reason phrase"))?;
+            response.extensions.insert(reason);
+        }
+        if !r.0.is_empty() {
             return Err(Corrupt("trailing bytes in metadata"));
         }
         Ok(Meta {
@@ -296,8 +305,12 @@ impl Meta {
 }
 
 fn put_str(b: &mut BytesMut, s: &str) {
+    put_bytes(b, s.as_bytes());
+}
+
+fn put_bytes(b: &mut BytesMut, s: &[u8]) {
     b.put_u32_le(s.len() as u32);
-    b.put_slice(s.as_bytes());
+    b.put_slice(s);
 }
 
 fn put_fields(b: &mut BytesMut, h: &HeaderMap) {
@@ -411,6 +424,29 @@ mod tests {
         assert_eq!(back.request.headers, m.request.headers);
         assert_eq!(back.response.status, m.response.status);
         assert_eq!(back.response.headers, m.response.headers);
+        assert!(
+            back.response
+                .extensions
+                .get::<crate::heads::Reason>()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_unusual_reason_phrase_is_kept_and_a_forged_one_refused() {
+        let mut m = meta();
+        let reason = crate::heads::Reason::new(Bytes::from_static(b"Fine By Me")).unwrap();
+        m.response.extensions.insert(reason.clone());
+        let back = Meta::decode(&m.encode()).unwrap();
+        assert_eq!(
+            back.response.extensions.get::<crate::heads::Reason>(),
+            Some(&reason)
+        );
+        // A phrase that would split a head when written out is a corrupt record.
+        let mut forged = meta().encode().to_vec();
+        forged.extend_from_slice(&4u32.to_le_bytes());
+        forged.extend_from_slice(b"a\r\nb");
+        assert_eq!(Meta::decode(&forged).unwrap_err(), Corrupt("reason phrase"));
     }
 
     #[test]
