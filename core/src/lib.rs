@@ -99,6 +99,7 @@ pub mod door;
 pub mod engine;
 pub mod heads;
 pub mod hop;
+pub mod interim;
 pub mod key;
 pub mod lru;
 pub mod policy;

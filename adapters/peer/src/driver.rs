@@ -33,6 +33,8 @@ pub enum ClientEvent {
         outcome: Outcome,
         collapsed: bool,
     },
+    /// An interim (1xx) head to send ahead of the response.
+    Interim(response::Parts),
     Body(Bytes),
     /// Body bytes the memory tier holds anyway (a stored segment of an assembled
     /// response): not counted as queued, so a long run of them never reads as a client
@@ -711,6 +713,9 @@ impl Driver {
                     collapsed,
                 },
             ),
+            Output::Interim { client, head } => {
+                Self::send(inner, client, ClientEvent::Interim(head))
+            }
             Output::Body { client, chunk } => Self::send(inner, client, ClientEvent::Body(chunk)),
             Output::BodyStored { client, body } => self.send_stored(inner, client, body),
             Output::End { client } => Self::send(inner, client, ClientEvent::End),

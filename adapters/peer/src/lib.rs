@@ -12,6 +12,7 @@ pub mod config;
 pub mod disk;
 pub mod driver;
 pub mod guard;
+pub mod interim;
 pub mod metrics;
 pub mod peers;
 mod read_clock;

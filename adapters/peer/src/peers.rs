@@ -144,10 +144,29 @@ impl PeerLink {
         body: &Option<Bytes>,
         on_error: impl Fn(&str, &str),
     ) -> Option<Response<Incoming>> {
+        self.forward_relaying(peers, method, target, headers, body, on_error, None)
+            .await
+    }
+
+    /// [`forward`](Self::forward), with the owner's interim (1xx) heads passed to `interim`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn forward_relaying(
+        &self,
+        peers: &[String],
+        method: &Method,
+        target: &str,
+        headers: &http::HeaderMap,
+        body: &Option<Bytes>,
+        on_error: impl Fn(&str, &str),
+        interim: Option<crate::interim::OnInterim>,
+    ) -> Option<Response<Incoming>> {
         // A peer marked down is skipped (the prober or its back-off brings it back); when
         // every better peer is down the caller serves the request itself.
         for peer in peers.iter().filter(|p| !self.health.is_down(p)) {
-            let req = self.request(peer, method, target, headers, body);
+            let mut req = self.request(peer, method, target, headers, body);
+            if let Some(on) = &interim {
+                crate::interim::watch(&mut req, on.clone());
+            }
             match self.upstream.send(req, self.timeout).await {
                 Ok(resp)
                     if !matches!(

@@ -5,6 +5,7 @@ use crate::body::{ClientBody, LogLine};
 use crate::config::Settings;
 use crate::driver::{Begin, ClientEvent, Driver};
 use crate::guard::Guard;
+use crate::interim::Interim;
 use crate::metrics::Metrics;
 use crate::peers::{Health, PeerLink};
 use crate::upstream::{Body, BoxError, OriginError, SendError, Upstream};
@@ -190,7 +191,8 @@ async fn accept_loop(
                 };
                 let _ = stream.set_nodelay(true);
                 let st = state.clone();
-                let svc = service_fn(move |req| handle(st.clone(), remote, req));
+                let (stream, interim) = crate::interim::InterimIo::new(stream);
+                let svc = service_fn(move |req| handle(st.clone(), remote, req, interim.clone()));
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(timer.clone())
                     .header_read_timeout(Duration::from_secs(10))
@@ -306,9 +308,10 @@ async fn handle(
     state: Arc<State>,
     remote: SocketAddr,
     req: Request<Incoming>,
+    interim: Interim,
 ) -> Result<Response<ClientBody>, Infallible> {
     let start = Instant::now();
-    let mut resp = match route(&state, remote, req, start).await {
+    let mut resp = match route(&state, remote, req, start, &interim).await {
         Ok(r) => r,
         Err((Refused(code, msg), method, url)) => {
             tracing::info!(%method, %url, status = code.as_u16(), reason = %msg, "refused");
@@ -326,6 +329,7 @@ async fn route(
     remote: SocketAddr,
     req: Request<Incoming>,
     start: Instant,
+    interim: &Interim,
 ) -> Result<Response<ClientBody>, RouteError> {
     let refuse =
         |r: Refused, req: &http::request::Parts| (r, req.method.clone(), req.uri.to_string());
@@ -515,6 +519,7 @@ async fn route(
             length,
         })
     };
+    let version = parts.version;
     let route = if from_peer {
         Route::Local
     } else {
@@ -575,13 +580,16 @@ async fn route(
                 pending.0 = None;
                 return Ok(respond(state, head, body, (outcome, collapsed), None, &log));
             }
+            ClientEvent::Interim(head) => {
+                interim.send(&head);
+            }
             ClientEvent::Forward { peers, head } => {
                 state.metrics.peer_forwards.inc();
                 let metrics = &state.metrics;
                 let target = head.uri.to_string();
                 let got = state
                     .peer_link
-                    .forward(
+                    .forward_relaying(
                         &peers,
                         &head.method,
                         &target,
@@ -591,6 +599,7 @@ async fn route(
                             metrics.peer_errors.inc();
                             tracing::warn!(%peer, "peer failed: {why}; trying the next choice");
                         },
+                        Some(interim.relay(version)),
                     )
                     .await;
                 match got {
@@ -634,9 +643,9 @@ async fn route(
                     None => crate::upstream::empty(),
                 };
                 let up = &state.driver.upstream;
-                let sent = up
-                    .send_to_origin(Request::from_parts(head, b), up.first_byte)
-                    .await;
+                let mut req = Request::from_parts(head, b);
+                crate::interim::watch(&mut req, interim.relay(version));
+                let sent = up.send_to_origin(req, up.first_byte).await;
                 return match sent {
                     Ok(resp) => {
                         // Unsafe methods invalidate once the answer is known to be a success.

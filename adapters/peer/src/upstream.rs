@@ -205,10 +205,21 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// A fetch's interim (1xx) heads, as engine inputs (the engine decides who gets them).
+fn to_engine(driver: &Arc<Driver>, fetch: FetchId) -> crate::interim::OnInterim {
+    let driver = Arc::downgrade(driver);
+    Arc::new(move |head| {
+        if let Some(d) = driver.upgrade() {
+            d.input(Input::UpstreamInterim { fetch, head });
+        }
+    })
+}
+
 /// Runs one engine fetch: head, body chunks, end, or the error.
 pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
     let up = driver.upstream.clone();
-    let req = Request::from_parts(parts, empty());
+    let mut req = Request::from_parts(parts, empty());
+    crate::interim::watch(&mut req, to_engine(&driver, fid));
     let resp = match up.send_to_origin(req, up.first_byte).await {
         Ok(r) => r,
         Err(e) => {
@@ -255,7 +266,7 @@ pub async fn fetch_from_peers(
     let metrics = driver.metrics.clone();
     let target = parts.uri.to_string();
     let got = link
-        .forward(
+        .forward_relaying(
             &peers,
             &parts.method,
             &target,
@@ -265,6 +276,7 @@ pub async fn fetch_from_peers(
                 metrics.peer_errors.inc();
                 tracing::warn!(fetch = fid.0, %peer, "peer failed: {why}; trying the next choice");
             },
+            Some(to_engine(&driver, fid)),
         )
         .await;
     match got {

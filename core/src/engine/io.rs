@@ -80,6 +80,14 @@ pub enum Input {
         /// Status and fields as the upstream sent them.
         head: response::Parts,
     },
+    /// An interim (1xx) response upstream sent before the head of its answer to
+    /// `Output::Fetch`: relayed to the clients waiting on it, never stored.
+    UpstreamInterim {
+        /// The fetch it belongs to.
+        fetch: FetchId,
+        /// Its status and fields.
+        head: response::Parts,
+    },
     /// A piece of its body.
     UpstreamBody {
         /// The fetch the bytes belong to.
@@ -194,6 +202,13 @@ pub enum Output {
         outcome: Outcome,
         /// The request waited on another request's fetch (`collapsed` in Cache-Status).
         collapsed: bool,
+    },
+    /// Send this interim (1xx) head to the client ahead of its response (RFC 9110 §15.2).
+    Interim {
+        /// A client still waiting for its response head.
+        client: ClientId,
+        /// Status and fields, hop-by-hop fields removed.
+        head: response::Parts,
     },
     /// Next piece of a streamed body.
     Body {

@@ -445,6 +445,7 @@ impl Engine {
                 route,
             } => self.on_request(client, head, route),
             Input::UpstreamHead { fetch, head } => self.on_head(fetch, head),
+            Input::UpstreamInterim { fetch, head } => self.on_interim(fetch, &head),
             Input::UpstreamBody { fetch, chunk } => self.on_body(fetch, chunk),
             Input::UpstreamEnd { fetch } => self.on_end(fetch),
             Input::UpstreamError { fetch, error } => self.on_error(fetch, error),
@@ -1689,6 +1690,27 @@ impl Engine {
         f.not_stored = not_stored;
         f.head = Some(head);
         self.after_head(fid);
+    }
+
+    /// A 1xx ahead of a fetch's head goes to every client waiting on it: the clients of a
+    /// shared fill each asked the same question. Segment fetches have no client of their own
+    /// (an assembly's response began with segment 0's head).
+    fn on_interim(&mut self, fid: FetchId, head: &response::Parts) {
+        let Some(f) = self.fetches.get(&fid) else {
+            return;
+        };
+        if f.head.is_some() || matches!(f.kind, FetchKind::Segment { .. } | FetchKind::Part { .. })
+        {
+            return;
+        }
+        for &client in &f.clients {
+            let Some(c) = self.clients.get(&client) else {
+                continue;
+            };
+            if let Some(head) = crate::interim::to_forward(head, c.req.version) {
+                self.outputs.push_back(Output::Interim { client, head });
+            }
+        }
     }
 
     /// Head known: decide who may share it, then start every client's response.

@@ -11,6 +11,7 @@ mod coalescing;
 mod freshness;
 mod hits;
 mod hot_cache;
+mod interim;
 mod invalidation;
 mod purge;
 mod ranges;

@@ -25,6 +25,8 @@ pub struct Reply {
     /// Serve `Range` requests with 206 (false: ignore Range and send 200).
     pub ranges: bool,
     pub fail: Option<Failure>,
+    /// Interim (1xx) responses sent before the head: status and fields.
+    pub interim: Vec<(u16, Vec<(String, String)>)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,7 +50,16 @@ impl Reply {
             body: body.as_bytes().to_vec(),
             ranges: true,
             fail: None,
+            interim: Vec::new(),
         }
+    }
+    pub fn interim(mut self, status: u16, headers: &[(&str, &str)]) -> Self {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.interim.push((status, headers));
+        self
     }
     pub fn status(mut self, s: u16) -> Self {
         self.status = s;
@@ -76,6 +87,8 @@ pub struct ClientResult {
     pub passed: bool,
     pub pass_status: String,
     pub served_by: Option<usize>,
+    /// Interim (1xx) heads received before the response head.
+    pub interim: Vec<response::Parts>,
 }
 
 impl ClientResult {
@@ -299,6 +312,7 @@ impl Sim {
             // adapter drops outputs for a connection already closed.
             let to = match &out {
                 Output::Respond { client, .. }
+                | Output::Interim { client, .. }
                 | Output::Body { client, .. }
                 | Output::BodyStored { client, .. }
                 | Output::End { client }
@@ -440,6 +454,18 @@ impl Sim {
                             route: Route::Local,
                         },
                     );
+                }
+                Output::Interim { client, head } if self.relays.contains_key(&client) => {
+                    let (from, fetch, _) = self.relays[&client];
+                    self.input(from, Input::UpstreamInterim { fetch, head });
+                }
+                Output::Interim { client, head } => {
+                    let r = self.results.get_mut(&client).expect("known client");
+                    assert!(
+                        r.head.is_none(),
+                        "an interim head after the head for {client:?}"
+                    );
+                    r.interim.push(head);
                 }
                 Output::Respond {
                     client, head, body, ..
@@ -658,6 +684,14 @@ impl Sim {
                 return;
             }
             _ => {}
+        }
+        for (status, fields) in &reply.interim {
+            let mut b = Response::builder().status(*status);
+            for (k, v) in fields {
+                b = b.header(k.as_str(), v.as_str());
+            }
+            let head = b.body(()).unwrap().into_parts().0;
+            self.input(at, Input::UpstreamInterim { fetch, head });
         }
         let (head, body) = build(req, &reply);
         self.input(at, Input::UpstreamHead { fetch, head });
