@@ -1,43 +1,7 @@
 //! HTTPS origins through the forward door: Larder opens TLS itself, verifies the
 //! certificate against the CA given with --ca-file, and caches the content.
 
-use larder_tests::{Origin, Reply, get, peer};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use std::sync::Arc;
-
-struct Pki {
-    ca_pem: String,
-    server: Arc<rustls::ServerConfig>,
-}
-
-fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Larder test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(leaf.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
-        .unwrap();
-    Pki {
-        ca_pem: ca.pem(),
-        server: Arc::new(server),
-    }
-}
+use larder_tests::{Origin, Reply, get, peer, pki};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_content_is_cached_with_verification_on() {
@@ -65,7 +29,24 @@ async fn https_content_is_cached_with_verification_on() {
     .await;
     assert_eq!(r.status, 502);
     assert!(
-        r.cache_status().contains("origin-unreachable"),
+        r.cache_status().contains("detail=tls-untrusted-issuer"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(
+        r.text().contains("not issued by a trusted CA"),
+        "{}",
+        r.text()
+    );
+    // Trusted, but not for that name (the certificate names localhost, not 127.0.0.1).
+    let r = get(
+        p.addr,
+        &format!("https://127.0.0.1:{}/by-address", origin.addr.port()),
+    )
+    .await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.cache_status().contains("detail=tls-name-mismatch"),
         "{}",
         r.cache_status()
     );
@@ -75,4 +56,40 @@ async fn https_content_is_cached_with_verification_on() {
         "the TLS handshake failed before any request"
     );
     std::fs::remove_file(ca).ok();
+}
+
+/// Upstream failures say what failed, to the client (`Cache-Status` detail, the 502 body)
+/// for cached and passed requests alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_say_why() {
+    let p = peer(|_| {}).await;
+    // Nothing listens on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let r = get(p.addr, &format!("http://127.0.0.1:{port}/x")).await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.cache_status().contains("detail=connection-refused"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(r.text().contains("refused the connection"), "{}", r.text());
+    let r = larder_tests::send(p.addr, "POST", &format!("http://127.0.0.1:{port}/x"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502);
+    assert!(
+        r.cache_status().contains("detail=connection-refused"),
+        "{}",
+        r.cache_status()
+    );
+    // A name that does not resolve (RFC 6761 reserves .invalid).
+    let r = get(p.addr, "http://no-such-host.invalid/x").await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.cache_status().contains("detail=dns-not-found"),
+        "{}",
+        r.cache_status()
+    );
 }

@@ -152,7 +152,7 @@ impl Client {
                         peer,
                         match e {
                             SendError::Timeout => "timeout".to_string(),
-                            SendError::Connect(m) => m,
+                            SendError::Connect { why, .. } => why,
                         },
                     ));
                 }

@@ -149,7 +149,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, BoxError> {
     let name = host.trim_start_matches('[').trim_end_matches(']');
-    Ok(tokio::net::lookup_host((name, port)).await?.collect())
+    match tokio::net::lookup_host((name, port)).await {
+        Ok(addrs) => Ok(addrs.collect()),
+        Err(error) => Err(Box::new(crate::failure::DnsFailed {
+            host: name.to_owned(),
+            error,
+        })),
+    }
 }
 
 /// Connects to the first of `addrs` that answers.
@@ -166,7 +172,10 @@ async fn dial(
                 return Ok(s);
             }
             Ok(Err(e)) => last = Box::new(e),
-            Err(_) => last = format!("connect to {a} timed out").into(),
+            Err(_) => {
+                let why = format!("connect to {a} timed out");
+                last = Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
+            }
         }
     }
     Err(last)

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod disk;
 pub mod driver;
+pub mod failure;
 pub mod guard;
 pub mod interim;
 pub mod metrics;

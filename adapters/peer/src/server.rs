@@ -8,7 +8,7 @@ use crate::guard::Guard;
 use crate::interim::Interim;
 use crate::metrics::Metrics;
 use crate::peers::{Health, PeerLink};
-use crate::upstream::{Body, BoxError, OriginError, SendError, Upstream};
+use crate::upstream::{Body, BoxError, OriginError, Upstream};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -677,12 +677,15 @@ async fn route(
                         Ok(r)
                     }
                     Err(OriginError::Failed(e)) => {
-                        let code = match e {
-                            SendError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                            _ => StatusCode::BAD_GATEWAY,
-                        };
+                        let kind = e.kind();
+                        let code = kind.status();
+                        tracing::warn!(%method, %url, detail = kind.as_str(), "origin failed: {e}");
                         state.metrics.count(status.outcome(code), false);
-                        Err((Refused(code, format!("origin failed: {e:?}")), method, url))
+                        let status = status.with_detail(kind.as_str());
+                        let mut r = text(code, &format!("{} ({e})", kind.explain()));
+                        r.headers_mut()
+                            .insert("cache-status", status.to_header_value());
+                        Ok(r)
                     }
                 };
             }

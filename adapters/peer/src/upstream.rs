@@ -38,7 +38,30 @@ pub struct Upstream {
 #[derive(Debug)]
 pub enum SendError {
     Timeout,
-    Connect(String),
+    /// No answer: `kind` says why (for the client), `why` in full (for the log).
+    Connect {
+        kind: UpstreamError,
+        why: String,
+    },
+}
+
+impl SendError {
+    /// What the engine and the client are told.
+    pub fn kind(&self) -> UpstreamError {
+        match self {
+            SendError::Timeout => UpstreamError::Timeout,
+            SendError::Connect { kind, .. } => *kind,
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Timeout => f.write_str("no answer in time"),
+            SendError::Connect { why, .. } => f.write_str(why),
+        }
+    }
 }
 
 /// Why an origin request failed: the destination guard refused it, or it failed.
@@ -105,7 +128,10 @@ impl Upstream {
         self.send_to_origin(req, first_byte)
             .await
             .map_err(|e| match e {
-                OriginError::NotAllowed(n) => SendError::Connect(n.to_string()),
+                OriginError::NotAllowed(n) => SendError::Connect {
+                    kind: UpstreamError::DestinationNotAllowed,
+                    why: n.to_string(),
+                },
                 OriginError::Failed(e) => e,
             })
     }
@@ -150,7 +176,10 @@ impl Upstream {
             Err(_) => Err(OriginError::Failed(SendError::Timeout)),
             Ok(Err(e)) => match crate::guard::not_allowed(&e) {
                 Some(refused) => Err(OriginError::NotAllowed(refused.clone())),
-                None => Err(OriginError::Failed(SendError::Connect(describe(&e)))),
+                None => Err(OriginError::Failed(SendError::Connect {
+                    kind: crate::failure::classify(&e),
+                    why: describe(&e),
+                })),
             },
             Ok(Ok(mut r)) => {
                 // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a length
@@ -220,17 +249,18 @@ pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
     let up = driver.upstream.clone();
     let mut req = Request::from_parts(parts, empty());
     crate::interim::watch(&mut req, to_engine(&driver, fid));
+    let url = req.uri().to_string();
     let resp = match up.send_to_origin(req, up.first_byte).await {
         Ok(r) => r,
         Err(e) => {
             let error = match e {
-                OriginError::Failed(SendError::Timeout) => UpstreamError::Timeout,
-                OriginError::Failed(SendError::Connect(msg)) => {
-                    tracing::debug!(fetch = fid.0, "origin: {msg}");
-                    UpstreamError::Connect
+                OriginError::Failed(e) => {
+                    let kind = e.kind();
+                    tracing::warn!(%url, detail = kind.as_str(), "origin failed: {e}");
+                    kind
                 }
                 OriginError::NotAllowed(why) => {
-                    tracing::info!(fetch = fid.0, "refused: {why}");
+                    tracing::info!(%url, "refused: {why}");
                     UpstreamError::DestinationNotAllowed
                 }
             };

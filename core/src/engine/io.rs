@@ -29,8 +29,21 @@ pub enum Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum UpstreamError {
-    /// Could not connect, TLS failed, or the connection was refused.
+    /// Could not connect (reset, closed, no route) for a reason not told apart below.
     Connect,
+    /// The origin's name does not resolve.
+    DnsNotFound,
+    /// The origin refused the connection (nothing listens on the port).
+    ConnectionRefused,
+    /// The origin's TLS certificate chains to no trusted CA (a private CA missing from
+    /// the trust store, or a TLS-inspecting gateway).
+    TlsUntrustedIssuer,
+    /// The certificate is not valid for the origin's name.
+    TlsNameMismatch,
+    /// The certificate has expired or is not valid yet.
+    TlsExpired,
+    /// Any other TLS failure (a handshake alert, a bad certificate, no common protocol).
+    Tls,
     /// No head, or no body progress, within the adapter's timeouts.
     Timeout,
     /// The body stopped before its end (reset, or shorter than Content-Length).
@@ -46,12 +59,67 @@ impl UpstreamError {
     pub fn as_str(&self) -> &'static str {
         match self {
             UpstreamError::Connect => "origin-unreachable",
+            UpstreamError::DnsNotFound => "dns-not-found",
+            UpstreamError::ConnectionRefused => "connection-refused",
+            UpstreamError::TlsUntrustedIssuer => "tls-untrusted-issuer",
+            UpstreamError::TlsNameMismatch => "tls-name-mismatch",
+            UpstreamError::TlsExpired => "tls-certificate-expired",
+            UpstreamError::Tls => "tls-failed",
             UpstreamError::Timeout => "origin-timeout",
             UpstreamError::Truncated => "origin-truncated",
             UpstreamError::Protocol => "origin-protocol-error",
             UpstreamError::DestinationNotAllowed => "destination-not-allowed",
         }
     }
+
+    /// The status a client gets for it: 504 for a timeout, 403 for a refused destination,
+    /// 502 otherwise.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            UpstreamError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::DestinationNotAllowed => http::StatusCode::FORBIDDEN,
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// A sentence for the error response's body and the log.
+    pub fn explain(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "could not connect to the origin",
+            UpstreamError::DnsNotFound => "the origin's host name does not resolve",
+            UpstreamError::ConnectionRefused => "the origin refused the connection",
+            UpstreamError::TlsUntrustedIssuer => {
+                "the origin's TLS certificate is not issued by a trusted CA (add it with --ca-file)"
+            }
+            UpstreamError::TlsNameMismatch => {
+                "the origin's TLS certificate is not valid for its host name"
+            }
+            UpstreamError::TlsExpired => "the origin's TLS certificate has expired",
+            UpstreamError::Tls => "TLS with the origin failed",
+            UpstreamError::Timeout => "the origin did not answer in time",
+            UpstreamError::Truncated => "the origin's response ended early",
+            UpstreamError::Protocol => "the origin did not answer with valid HTTP",
+            UpstreamError::DestinationNotAllowed => {
+                "the origin's address is not an allowed destination (loopback, link-local, \
+                 unique-local, multicast and broadcast are refused; see --allow-destination)"
+            }
+        }
+    }
+
+    /// Every value, for tests and parsers.
+    pub const ALL: [UpstreamError; 11] = [
+        UpstreamError::Connect,
+        UpstreamError::DnsNotFound,
+        UpstreamError::ConnectionRefused,
+        UpstreamError::TlsUntrustedIssuer,
+        UpstreamError::TlsNameMismatch,
+        UpstreamError::TlsExpired,
+        UpstreamError::Tls,
+        UpstreamError::Timeout,
+        UpstreamError::Truncated,
+        UpstreamError::Protocol,
+        UpstreamError::DestinationNotAllowed,
+    ];
 }
 
 /// Everything that happens to the engine: one value per [`Engine::handle_input`] call.

@@ -1895,12 +1895,7 @@ impl Engine {
             } else {
                 Vec::new()
             };
-            let status = match error {
-                UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                UpstreamError::DestinationNotAllowed => StatusCode::FORBIDDEN,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            self.fail_waiting(fid, status, error.as_str());
+            self.fail_waiting(fid, error.status(), error.as_str());
             self.drop_fetch(fid, false);
             self.release(rest, Release::TransientError, None);
             return;
@@ -2316,15 +2311,10 @@ fn resolve_same_origin(base: &CacheKey, reference: &str) -> Option<CacheKey> {
 
 /// The sentence an error body gives for a `Cache-Status` detail token.
 fn explain(detail: &str) -> &'static str {
+    if let Some(e) = UpstreamError::ALL.iter().find(|e| e.as_str() == detail) {
+        return e.explain();
+    }
     match detail {
-        "destination-not-allowed" => {
-            "the origin's address is not an allowed destination (loopback, link-local, \
-             unique-local, multicast and broadcast are refused; see --allow-destination)"
-        }
-        "origin-unreachable" => "could not connect to the origin",
-        "origin-timeout" => "the origin did not answer in time",
-        "origin-truncated" => "the origin's response ended early",
-        "origin-protocol-error" => "the origin did not answer with valid HTTP",
         "origin-unsolicited-304" => "the origin answered an unconditional request with 304",
         "origin-unsolicited-206" => "the origin answered a request without Range with 206",
         "segment-status" | "segment-bad-content-range" | "segment-mismatch" => {
