@@ -257,7 +257,7 @@ async fn origin_down_without_stale_gives_502_with_reason() {
     let r = get(p.addr, &url).await;
     assert_eq!(r.status, 502);
     assert!(
-        r.cache_status().contains("detail=origin-unreachable"),
+        r.cache_status().contains("detail=connection-refused"),
         "{}",
         r.cache_status()
     );
@@ -385,9 +385,12 @@ async fn malformed_requests_get_4xx_not_a_crash() {
     );
     let r = send(p.addr, "GET", "ftp://e.test/x", &[]).await.unwrap();
     assert_eq!(r.status, 400);
+    let r = send(p.addr, "CONNECT", "e.test:25", &[]).await.unwrap();
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("port 25 is not allowed"), "{}", r.text());
     let r = send(p.addr, "CONNECT", "e.test:443", &[]).await.unwrap();
-    assert_eq!(r.status, 405);
-    assert!(r.text().contains("not enabled"));
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("does not resolve"), "{}", r.text());
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
     let r = raw(
         p.addr,

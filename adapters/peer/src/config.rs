@@ -14,16 +14,20 @@ use std::time::Duration;
 #[derive(Parser, Debug, Default, Clone)]
 #[command(name = "larder", version, about)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML file with any of the settings below (keys as the long flags, e.g. `max-object-size`).
     #[arg(long, env = "LARDER_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:3128].
+    /// Address to listen on, host:port (a name resolves to its first address)
+    /// [default: 127.0.0.1:3128].
     #[arg(long, env = "LARDER_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<String>,
     /// Serve origin-form requests from this upstream (reverse-proxy / package-mirror mode).
     #[arg(long, env = "LARDER_MIRROR")]
     pub mirror: Option<String>,
-    /// Regex over path and query: matching requests are never cached (repeatable).
+    /// Regex over the URL's path (not its query): matching requests are never cached
+    /// (repeatable).
     #[arg(long, env = "LARDER_PASSTHROUGH", value_delimiter = ',')]
     pub passthrough: Vec<String>,
     /// Memory for cached objects, e.g. 256MiB, 2GiB [default: 256MiB].
@@ -46,7 +50,7 @@ pub struct Args {
     #[arg(long, env = "LARDER_MIN_TTL")]
     pub min_ttl: Option<String>,
     /// Private-cache mode: store `private` and authorized responses (single tenant only).
-    #[arg(long, env = "LARDER_PRIVATE")]
+    #[arg(long, env = "LARDER_PRIVATE", num_args = 0..=1, default_missing_value = "true")]
     pub private: Option<bool>,
     /// How stale a stored response may be served when the origin cannot be reached
     /// (refused, reset, silent; RFC 9111 §4.2.4) [default: 1d]; 0 turns it off.
@@ -70,7 +74,12 @@ pub struct Args {
     /// Store large objects as segments even without a validator (no strong ETag, no
     /// Last-Modified): only their length then tells versions apart [default: false, such
     /// objects are fetched whole].
-    #[arg(long, env = "LARDER_SEGMENT_UNVALIDATED")]
+    #[arg(
+        long,
+        env = "LARDER_SEGMENT_UNVALIDATED",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub segment_unvalidated: Option<bool>,
     /// Memory (part of --memory) for hot copies of keys other peers own, served here
     /// within their freshness [default: 1/8 of --memory in a cluster]; 0 turns it off.
@@ -108,9 +117,25 @@ pub struct Args {
     /// Extra CA certificates (PEM) trusted for HTTPS origins, besides the public roots.
     #[arg(long, env = "LARDER_CA_FILE")]
     pub ca_file: Vec<PathBuf>,
-    /// Hosts (host:port) that CONNECT may tunnel to, uncached. Default: CONNECT refused.
+    /// Ports CONNECT may reach (repeatable) [default: 443 and 80; plain HTTP inside a
+    /// tunnel, as undici sends for http:// URLs, is served by the cache]. Other ports: 403.
+    #[arg(long, env = "LARDER_CONNECT_PORT", value_delimiter = ',')]
+    pub connect_port: Vec<u16>,
+    /// Targets (host:port) CONNECT may reach whatever their port (repeatable).
     #[arg(long, env = "LARDER_CONNECT_ALLOW", value_delimiter = ',')]
     pub connect_allow: Vec<String>,
+    /// Intercept every CONNECT tunnel: terminate its TLS with a certificate from Larder's
+    /// CA (see `larder ca-cert`) and cache what is inside like any https:// request.
+    #[arg(long, env = "LARDER_INTERCEPT", num_args = 0..=1, default_missing_value = "true")]
+    pub intercept: Option<bool>,
+    /// Intercept CONNECT tunnels to these hosts only (`host` or `*.domain`, repeatable);
+    /// the others are tunnelled as they are.
+    #[arg(long, env = "LARDER_INTERCEPT_HOST", value_delimiter = ',')]
+    pub intercept_host: Vec<String>,
+    /// Where Larder keeps its own state: the interception CA (`ca.pem`, `ca.key`)
+    /// [default: $XDG_DATA_HOME/larder or ~/.local/share/larder].
+    #[arg(long, env = "LARDER_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
     /// Origin connect timeout [default: 5s].
     #[arg(long, env = "LARDER_CONNECT_TIMEOUT")]
     pub connect_timeout: Option<String>,
@@ -125,11 +150,19 @@ pub struct Args {
     pub proxy_path: Option<String>,
 }
 
+/// What `larder` does besides serving.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Print the interception CA certificate (PEM), making it first if there is none, for
+    /// clients to trust: `larder ca-cert > larder-ca.pem`.
+    CaCert,
+}
+
 /// The TOML file: the same keys as the flags.
 #[derive(Deserialize, Debug, Default)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct FileConfig {
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     mirror: Option<String>,
     passthrough: Option<Vec<String>>,
     memory: Option<String>,
@@ -156,7 +189,11 @@ struct FileConfig {
     allow_destination: Option<Vec<String>>,
     purge_allow: Option<Vec<String>>,
     ca_file: Option<Vec<PathBuf>>,
+    connect_port: Option<Vec<u16>>,
     connect_allow: Option<Vec<String>>,
+    intercept: Option<bool>,
+    intercept_host: Option<Vec<String>>,
+    data_dir: Option<PathBuf>,
     connect_timeout: Option<String>,
     first_byte_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -181,7 +218,14 @@ pub struct Settings {
     /// Destination ranges the guard lets through after all.
     pub allow_destination: Vec<IpNet>,
     pub ca_files: Vec<PathBuf>,
+    /// Ports CONNECT may reach.
+    pub connect_ports: Vec<u16>,
+    /// `host:port` targets CONNECT may reach on any port.
     pub connect_allow: Vec<String>,
+    /// Which CONNECT targets are intercepted (none by default).
+    pub intercept: crate::intercept::Targets,
+    /// Larder's own state (the interception CA).
+    pub data_dir: PathBuf,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
@@ -217,6 +261,33 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+/// `host:port` to a socket address: a literal, or a name resolved to its first address
+/// (`localhost:3128`).
+fn listen_address(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.trim().parse() {
+        return Ok(a);
+    }
+    s.trim()
+        .to_socket_addrs()
+        .map_err(|e| format!("bad --listen {s:?}: {e} (expected host:port)"))?
+        .next()
+        .ok_or_else(|| format!("--listen {s:?} resolves to no address"))
+}
+
+/// `$XDG_DATA_HOME/larder`, else `~/.local/share/larder`, else `./larder-data`.
+fn default_data_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("XDG_DATA_HOME")
+        .map(|d| d.join("larder"))
+        .or_else(|| env("HOME").map(|h| h.join(".local/share/larder")))
+        .unwrap_or_else(|| PathBuf::from("larder-data"))
 }
 
 fn or<T>(a: Option<T>, b: Option<T>) -> Option<T> {
@@ -403,9 +474,12 @@ impl Args {
         if !proxy_path.starts_with('/') {
             return Err(format!("--proxy-path {proxy_path:?} must start with /"));
         }
+        let listen = match or(self.listen, file.listen) {
+            Some(l) => listen_address(&l)?,
+            None => "127.0.0.1:3128".parse().expect("literal"),
+        };
         Ok(Settings {
-            listen: or(self.listen, file.listen)
-                .unwrap_or_else(|| "127.0.0.1:3128".parse().expect("literal")),
+            listen,
             mirror,
             engine,
             disk_dir,
@@ -420,7 +494,24 @@ impl Args {
             purge_allow,
             allow_destination,
             ca_files: list(self.ca_file, file.ca_file),
+            connect_ports: {
+                let ports = list(self.connect_port, file.connect_port);
+                if ports.is_empty() {
+                    vec![443, 80]
+                } else {
+                    ports
+                }
+            },
             connect_allow: list(self.connect_allow, file.connect_allow),
+            intercept: crate::intercept::Targets {
+                all: or(self.intercept, file.intercept).unwrap_or(false),
+                hosts: list(self.intercept_host, file.intercept_host)
+                    .iter()
+                    .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                    .filter(|h| !h.is_empty())
+                    .collect(),
+            },
+            data_dir: or(self.data_dir, file.data_dir).unwrap_or_else(default_data_dir),
             connect_timeout: dur(
                 or(self.connect_timeout, file.connect_timeout),
                 Duration::from_secs(5),
@@ -451,6 +542,30 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("12 parsecs").is_err());
         assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn what_a_new_user_types_is_accepted() {
+        let s = Args::try_parse_from(["larder", "--listen", "localhost:3999", "--private"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(s.listen.ip().is_loopback() && s.listen.port() == 3999);
+        assert_eq!(s.engine.policy.mode, CacheMode::Private);
+        let a = Args::try_parse_from(["larder", "--private", "false", "--intercept"]).unwrap();
+        assert_eq!((a.private, a.intercept), (Some(false), Some(true)));
+        let s = a.resolve().unwrap();
+        assert!(s.intercept.all && s.connect_ports == [443, 80]);
+        let a = Args::try_parse_from(["larder", "ca-cert", "--data-dir", "/tmp/x"]).unwrap();
+        assert_eq!(a.command, Some(Command::CaCert));
+        assert_eq!(a.resolve().unwrap().data_dir, PathBuf::from("/tmp/x"));
+        assert!(
+            Args::try_parse_from(["larder", "--listen", "no port"])
+                .unwrap()
+                .resolve()
+                .unwrap_err()
+                .contains("--listen")
+        );
     }
 
     #[test]

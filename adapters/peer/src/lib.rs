@@ -9,10 +9,12 @@
 pub mod body;
 pub mod client;
 pub mod config;
+pub mod connect;
 pub mod disk;
 pub mod driver;
 pub mod failure;
 pub mod guard;
+pub mod intercept;
 pub mod interim;
 pub mod metrics;
 pub mod peers;

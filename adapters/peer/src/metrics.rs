@@ -72,6 +72,42 @@ pub struct Metrics {
     pub clients_cut: Counter,
     /// Panics caught while handling an input (the request got an error, nothing leaked).
     pub engine_panics: Counter,
+    /// `larder_connect_total{result}`: what became of CONNECT requests.
+    pub connect: ConnectCounts,
+    /// `larder_tunnel_bytes_total{direction}`: bytes relayed through plain tunnels.
+    pub tunnel_up: Counter,
+    pub tunnel_down: Counter,
+}
+
+/// CONNECT requests by result, one handle per label, made once.
+#[derive(Clone)]
+pub struct ConnectCounts {
+    family: Family<Labels, Counter>,
+    /// Relayed as bytes to the destination (squid's `TCP_TUNNEL`).
+    pub tunnelled: Counter,
+    /// TLS terminated here; the requests inside served by the cache.
+    pub intercepted: Counter,
+    /// Plain HTTP inside the tunnel, served by the cache (undici's `http://` requests).
+    pub http: Counter,
+    /// Refused: client not allowed, port not allowed, destination not allowed.
+    pub refused: Counter,
+    /// The destination could not be reached, or the client's TLS failed.
+    pub failed: Counter,
+}
+
+impl Default for ConnectCounts {
+    fn default() -> Self {
+        let family: Family<Labels, Counter> = Family::default();
+        let get = |r: &'static str| family.get_or_create(&vec![("result", r)]).clone();
+        ConnectCounts {
+            tunnelled: get("tunnel"),
+            intercepted: get("intercept"),
+            http: get("http"),
+            refused: get("refused"),
+            failed: get("failed"),
+            family,
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -118,6 +154,9 @@ impl Metrics {
             disk_resting: Gauge::default(),
             clients_cut: Counter::default(),
             engine_panics: Counter::default(),
+            connect: ConnectCounts::default(),
+            tunnel_up: Counter::default(),
+            tunnel_down: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -170,6 +209,19 @@ impl Metrics {
             "Panics caught while handling an input (answered with an error, state released)",
             m.engine_panics.clone(),
         );
+        r.register(
+            "larder_connect",
+            "CONNECT requests by result (tunnel, intercept, http, refused, failed)",
+            m.connect.family.clone(),
+        );
+        let tunnel: Family<Labels, Counter> = Family::default();
+        r.register(
+            "larder_tunnel_bytes",
+            "Bytes relayed through CONNECT tunnels (up: client to destination)",
+            tunnel.clone(),
+        );
+        m.tunnel_up = tunnel.get_or_create(&vec![("direction", "up")]).clone();
+        m.tunnel_down = tunnel.get_or_create(&vec![("direction", "down")]).clone();
         r.register(
             "larder_peers_up",
             "Peers currently considered up",

@@ -23,6 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 
+/// The methods this proxy handles (its `Allow`).
+const ALLOWED: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, CONNECT, PURGE";
+
 /// Longest request target accepted (414 beyond).
 pub const MAX_URL: usize = 8 * 1024;
 /// Largest request head (start line and fields) accepted (431 beyond).
@@ -54,6 +57,8 @@ pub struct State {
     pub via: HeaderValue,
     /// Peer signatures seen within their window: each is admitted once.
     pub replay: std::sync::Mutex<larder_core::hop::ReplayGuard>,
+    /// The CA for intercepted tunnels (when any are to be intercepted).
+    pub intercept: Option<Arc<crate::intercept::Authority>>,
 }
 
 /// A running peer.
@@ -116,6 +121,13 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
         settings.idle_timeout,
         &id,
     );
+    let intercept = if settings.intercept.any() {
+        let ca = crate::intercept::Authority::load_or_create(&settings.data_dir)
+            .map_err(|e| format!("interception CA in {}: {e}", settings.data_dir.display()))?;
+        Some(Arc::new(ca))
+    } else {
+        None
+    };
     let metrics = Arc::new(Metrics::new());
     let engine = larder_core::Engine::new(settings.engine.clone()).map_err(|e| e.to_string())?;
     let disk = match &settings.disk_dir {
@@ -149,6 +161,7 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
             .unwrap_or(HeaderValue::from_static("1.1 larder")),
         id,
         replay: std::sync::Mutex::new(larder_core::hop::ReplayGuard::new(REPLAY_CAPACITY)),
+        intercept,
     });
     let (tx, rx) = tokio::sync::watch::channel(false);
     let timers = tokio::spawn(driver.run_timers());
@@ -192,7 +205,9 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let st = state.clone();
                 let (stream, interim) = crate::interim::InterimIo::new(stream);
-                let svc = service_fn(move |req| handle(st.clone(), remote, req, interim.clone()));
+                let svc = service_fn(move |req| {
+                    handle(st.clone(), remote, req, interim.clone(), None)
+                });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(timer.clone())
                     .header_read_timeout(Duration::from_secs(10))
@@ -286,7 +301,7 @@ impl Drop for Pending {
     }
 }
 
-fn allowed(state: &State, remote: &SocketAddr) -> bool {
+pub(crate) fn allowed(state: &State, remote: &SocketAddr) -> bool {
     let ip = crate::guard::canonical(remote.ip());
     if state.settings.allow.is_empty() {
         ip.is_loopback()
@@ -304,18 +319,100 @@ fn purge_allowed(state: &State, remote: &SocketAddr) -> bool {
     }
 }
 
+/// Serves the HTTP/1.1 requests inside a CONNECT tunnel (decrypted, or plain) as requests
+/// for `base` (`https://host[:port]` or `http://host[:port]`), through the same handler.
+///
+/// Boxed: a tunnel's requests may open tunnels (refused, but the handler is the same), and
+/// only a named `Send` future breaks that cycle for the compiler.
+pub(crate) fn serve_tunnel<I>(
+    state: Arc<State>,
+    remote: SocketAddr,
+    io: I,
+    base: String,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(async move {
+        let base: Arc<str> = base.into();
+        let (io, interim) = crate::interim::InterimIo::new(io);
+        let svc = service_fn(move |req| {
+            handle(
+                state.clone(),
+                remote,
+                req,
+                interim.clone(),
+                Some(base.clone()),
+            )
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .max_buf_size(64 * 1024)
+            .max_header_size(MAX_HEAD)
+            .serve_connection(TokioIo::new(io), svc);
+        if let Err(e) = conn.await {
+            tracing::debug!(%remote, "tunnel connection: {e}");
+        }
+    })
+}
+
+/// A request read inside a tunnel to `base`, made absolute-form for it. Its target and
+/// `Host` must name the tunnel's host (421 otherwise: it would fill another host's entries).
+fn in_tunnel(parts: &mut http::request::Parts, base: &str) -> Result<(), Refused> {
+    let misdirected = |what: &str| {
+        Refused(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("{what} does not match the tunnel's target {base}"),
+        )
+    };
+    let expected: http::Uri = base.parse().map_err(|_| misdirected("the target"))?;
+    let authority = expected.authority().expect("built with one");
+    let same = |a: &str| {
+        let default = if base.starts_with("https:") {
+            ":443"
+        } else {
+            ":80"
+        };
+        let a = a.strip_suffix(default).unwrap_or(a);
+        a.eq_ignore_ascii_case(authority.as_str())
+    };
+    if let Some(a) = parts.uri.authority() {
+        if !same(a.as_str()) || parts.uri.scheme() != expected.scheme() {
+            return Err(misdirected("the request target"));
+        }
+    }
+    if let Some(host) = parts.headers.get(header::HOST) {
+        if !host.to_str().is_ok_and(same) {
+            return Err(misdirected("Host"));
+        }
+    }
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = format!("{base}{pq}")
+        .parse()
+        .map_err(|_| Refused(StatusCode::BAD_REQUEST, "bad request target".into()))?;
+    Ok(())
+}
+
 async fn handle(
     state: Arc<State>,
     remote: SocketAddr,
     req: Request<Incoming>,
     interim: Interim,
+    tunnel: Option<Arc<str>>,
 ) -> Result<Response<ClientBody>, Infallible> {
     let start = Instant::now();
-    let mut resp = match route(&state, remote, req, start, &interim).await {
+    let mut resp = match route(&state, remote, req, start, &interim, tunnel.as_deref()).await {
         Ok(r) => r,
         Err((Refused(code, msg), method, url)) => {
             tracing::info!(%method, %url, status = code.as_u16(), reason = %msg, "refused");
-            text(code, &msg)
+            let mut r = text(code, &msg);
+            if code == StatusCode::METHOD_NOT_ALLOWED {
+                // RFC 9110 §15.5.6: a 405 says what is allowed.
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+            }
+            r
         }
     };
     resp.headers_mut().append(header::VIA, state.via.clone());
@@ -330,6 +427,7 @@ async fn route(
     req: Request<Incoming>,
     start: Instant,
     interim: &Interim,
+    tunnel: Option<&str>,
 ) -> Result<Response<ClientBody>, RouteError> {
     let refuse =
         |r: Refused, req: &http::request::Parts| (r, req.method.clone(), req.uri.to_string());
@@ -351,20 +449,29 @@ async fn route(
         let why = format!("{hosts} Host fields: HTTP/1.1 requests need exactly one");
         return Err(refuse(Refused(StatusCode::BAD_REQUEST, why), &parts));
     }
+    if let Some(base) = tunnel {
+        if parts.method != Method::CONNECT {
+            in_tunnel(&mut parts, base).map_err(|r| refuse(r, &parts))?;
+        }
+    }
     if parts.method == Method::CONNECT {
         let req = Request::from_parts(parts, body);
         let (m, u) = (req.method().clone(), req.uri().to_string());
-        return connect(state, remote, req).await.map_err(|r| (r, m, u));
+        if tunnel.is_some() {
+            let why = "CONNECT inside a tunnel".to_owned();
+            return Err((Refused(StatusCode::METHOD_NOT_ALLOWED, why), m, u));
+        }
+        return crate::connect::connect(state, remote, req)
+            .await
+            .map_err(|r| (r, m, u));
     }
     if parts.uri.scheme().is_none() {
         match parts.uri.path() {
             // Asterisk-form asks about this server, never about an upstream.
             "*" if parts.method == Method::OPTIONS => {
                 let mut r = text(StatusCode::OK, "ok");
-                r.headers_mut().insert(
-                    header::ALLOW,
-                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-                );
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
                 return Ok(r);
             }
             "*" => {
@@ -818,67 +925,4 @@ fn header_str(h: &http::HeaderMap, name: &str) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned()
-}
-
-/// CONNECT: refused unless the host is listed; then an uncached TCP tunnel.
-async fn connect(
-    state: &Arc<State>,
-    remote: SocketAddr,
-    mut req: Request<Incoming>,
-) -> Result<Response<ClientBody>, Refused> {
-    let target = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .unwrap_or_default();
-    if !allowed(state, &remote) {
-        return Err(Refused(
-            StatusCode::FORBIDDEN,
-            format!("{} may not use this proxy (see --allow)", remote.ip()),
-        ));
-    }
-    if !state
-        .settings
-        .connect_allow
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(&target))
-    {
-        return Err(Refused(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "CONNECT to {target:?} is not enabled (--connect-allow); send absolute-form https:// requests to have them cached"
-            ),
-        ));
-    }
-    let (host, port) = match req.uri().authority().map(|a| (a.host(), a.port_u16())) {
-        Some((host, Some(port))) => (host.to_owned(), port),
-        _ => {
-            return Err(Refused(
-                StatusCode::BAD_REQUEST,
-                format!("CONNECT target {target:?} must be host:port"),
-            ));
-        }
-    };
-    let upgrade = hyper::upgrade::on(&mut req);
-    let timeout = state.settings.connect_timeout;
-    let mut upstream =
-        state.guard.connect(&host, port, timeout).await.map_err(
-            |e| match crate::guard::not_allowed(&*e) {
-                Some(why) => Refused(StatusCode::FORBIDDEN, why.to_string()),
-                None => Refused(
-                    StatusCode::BAD_GATEWAY,
-                    format!("cannot reach {target}: {e}"),
-                ),
-            },
-        )?;
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(up) => {
-                let mut client = TokioIo::new(up);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-            }
-            Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
-        }
-    });
-    Ok(Response::new(ClientBody::empty()))
 }

@@ -65,7 +65,8 @@ pub struct Config {
     pub collapse_timeout: Duration,
     /// How long a key whose response could not be stored skips coalescing (hit-for-miss).
     pub hit_for_miss: Duration,
-    /// Regular expressions over path and query: matching requests are never cached.
+    /// Regular expressions over the URL's path (the query is not part of what they see):
+    /// matching requests are never cached.
     pub passthrough: Vec<String>,
     /// Bytes of the disk tier (its high watermark); 0: no disk tier.
     pub disk: u64,
@@ -545,8 +546,8 @@ impl Engine {
             });
             return;
         }
-        let pq = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        if self.passthrough.iter().any(|r| r.is_match(pq)) {
+        // The path only: `\.pom$` must match `/a.pom?x=1` too.
+        if self.passthrough.iter().any(|r| r.is_match(head.uri.path())) {
             let status = CacheStatus::fwd(Fwd::Bypass).with_detail("passthrough");
             self.outputs.push_back(Output::Pass {
                 client: cid,

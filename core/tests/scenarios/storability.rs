@@ -99,10 +99,13 @@ fn oversize_objects_stream_through_unstored() {
 #[test]
 fn passthrough_patterns_bypass_the_cache() {
     let cfg = Config {
-        passthrough: vec!["^/api/".into()],
+        passthrough: vec!["^/api/".into(), r"\.pom$".into()],
         ..Default::default()
     };
     let mut s = Sim::new(1, cfg, |_, _| fresh("x"));
+    // The path is matched, not the query: `\.pom$` matches `/a.pom?x=1`.
+    assert_passed(s.get("http://origin.test/lib/a.pom?x=1", &[]));
+    assert!(assert_miss(s.get("http://origin.test/lib/a?f=.pom", &[])).stored);
     let r = s.get("http://origin.test/api/x", &[]);
     let p = assert_passed(r);
     assert_eq!(

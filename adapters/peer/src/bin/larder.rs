@@ -42,13 +42,28 @@ async fn run() {
         )
         .with_target(false)
         .init();
-    let settings = match larder_peer::Args::parse().resolve() {
+    let args = larder_peer::Args::parse();
+    let command = args.command.clone();
+    let settings = match args.resolve() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("larder: {e}");
             std::process::exit(2);
         }
     };
+    if command == Some(larder_peer::config::Command::CaCert) {
+        match larder_peer::intercept::Authority::load_or_create(&settings.data_dir) {
+            Ok(ca) => print!("{}", ca.ca_pem()),
+            Err(e) => {
+                eprintln!(
+                    "larder: interception CA in {}: {e}",
+                    settings.data_dir.display()
+                );
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     if !settings.peers.is_empty() && settings.peer_secret.is_none() {
         tracing::warn!("no --peer-secret: peer traffic is accepted from loopback only");
     }
@@ -63,6 +78,22 @@ async fn run() {
             std::process::exit(1);
         }
     };
+    match crate_roots(&settings) {
+        Ok(larder_peer::tls::Roots::System(n)) => {
+            tracing::info!("upstream TLS trusts the system store ({n} CAs) and --ca-file")
+        }
+        Ok(larder_peer::tls::Roots::Bundled) => tracing::warn!(
+            "no system trust store found: upstream TLS trusts the bundled public roots and --ca-file"
+        ),
+        Err(_) => {}
+    }
+    if settings.intercept.any() {
+        tracing::info!(
+            data_dir = %settings.data_dir.display(),
+            "intercepting CONNECT tunnels to {}: clients must trust the CA `larder ca-cert` prints",
+            if settings.intercept.all { "every host".to_owned() } else { settings.intercept.hosts.join(", ") }
+        );
+    }
     tracing::info!(
         listen = %running.addr,
         peers = settings.peers.len(),
@@ -73,6 +104,10 @@ async fn run() {
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight responses");
     running.shutdown(Duration::from_secs(30)).await;
+}
+
+fn crate_roots(s: &larder_peer::Settings) -> Result<larder_peer::tls::Roots, String> {
+    larder_peer::tls::roots(&s.ca_files).map(|(_, r)| r)
 }
 
 async fn shutdown_signal() {
