@@ -46,9 +46,16 @@ pub struct Args {
     /// Largest object stored [default: 64MiB].
     #[arg(long, env = "LARDER_MAX_OBJECT_SIZE")]
     pub max_object_size: Option<String>,
-    /// Responses fresh for less than this are not stored, e.g. 60s [default: 0s].
+    /// The least freshness a stored 200 gets, e.g. 1h (squid's refresh_pattern minimum: a
+    /// shorter lifetime, or none, is raised to it; `no-store` and `no-cache` still rule)
+    /// [default: 0s].
     #[arg(long, env = "LARDER_MIN_TTL")]
     pub min_ttl: Option<String>,
+    /// Freshness rules for package archives, comma-separated: debian, ubuntu, pypi, npm,
+    /// crates (versioned files immutable for a year; indexes revalidated). Off unless named;
+    /// the config file's own `[[rule]]` entries come first.
+    #[arg(long, env = "LARDER_PRESET", value_delimiter = ',')]
+    pub preset: Vec<String>,
     /// Private-cache mode: store `private` and authorized responses (single tenant only).
     #[arg(long, env = "LARDER_PRIVATE", num_args = 0..=1, default_missing_value = "true")]
     pub private: Option<bool>,
@@ -162,6 +169,9 @@ pub enum Command {
 #[derive(Deserialize, Debug, Default)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct FileConfig {
+    /// `[[rule]]` entries, first match wins.
+    rule: Option<Vec<RuleConfig>>,
+    preset: Option<Vec<String>>,
     listen: Option<String>,
     mirror: Option<String>,
     passthrough: Option<Vec<String>>,
@@ -198,6 +208,41 @@ struct FileConfig {
     first_byte_timeout: Option<String>,
     idle_timeout: Option<String>,
     proxy_path: Option<String>,
+}
+
+/// One `[[rule]]` of the config file (see `larder_core::policy::rules`).
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RuleConfig {
+    /// A regular expression over the whole URL.
+    #[serde(rename = "match")]
+    pattern: String,
+    #[serde(alias = "default_ttl")]
+    default_ttl: Option<String>,
+    #[serde(alias = "min_ttl")]
+    min_ttl: Option<String>,
+    #[serde(alias = "max_ttl")]
+    max_ttl: Option<String>,
+    immutable: Option<bool>,
+    cache: Option<bool>,
+}
+
+impl RuleConfig {
+    fn build(self) -> Result<larder_core::policy::rules::FreshnessRule, String> {
+        let mut r = larder_core::policy::rules::FreshnessRule::new(&self.pattern)?;
+        let d = |v: Option<String>| v.map(|v| parse_duration(&v)).transpose();
+        r.default_ttl = d(self.default_ttl)?;
+        r.min_ttl = d(self.min_ttl)?;
+        r.max_ttl = d(self.max_ttl)?;
+        r.immutable = self.immutable.unwrap_or(false);
+        r.cache = self.cache.unwrap_or(true);
+        if let (Some(lo), Some(hi)) = (r.min_ttl, r.max_ttl) {
+            if lo > hi {
+                return Err(format!("rule {:?}: min-ttl exceeds max-ttl", self.pattern));
+            }
+        }
+        Ok(r)
+    }
 }
 
 /// Resolved settings for one peer.
@@ -418,6 +463,22 @@ impl Args {
             list(self.allow_destination, file.allow_destination),
         )?;
         let passthrough = list(self.passthrough, file.passthrough);
+        let mut rules = Vec::new();
+        for r in file.rule.unwrap_or_default() {
+            rules.push(r.build()?);
+        }
+        for name in list(self.preset, file.preset) {
+            let name = name.trim().to_ascii_lowercase();
+            if name.is_empty() {
+                continue;
+            }
+            rules.extend(larder_core::policy::rules::preset(&name).ok_or_else(|| {
+                format!(
+                    "unknown --preset {name:?} (known: {})",
+                    larder_core::policy::rules::PRESETS.join(", ")
+                )
+            })?);
+        }
         let engine = larder_core::Config {
             policy: PolicyConfig {
                 mode: if private {
@@ -428,6 +489,7 @@ impl Args {
                 min_ttl,
                 max_object_size,
                 stale_if_unreachable,
+                rules,
                 targeted: {
                     let names = list(self.targeted_cache_control, file.targeted_cache_control);
                     if names.is_empty() {
@@ -566,6 +628,42 @@ mod tests {
                 .unwrap_err()
                 .contains("--listen")
         );
+    }
+
+    #[test]
+    fn rules_from_the_file_come_before_presets() {
+        let path = std::env::temp_dir().join(format!("larder-rules-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "preset = [\"npm\"]\n\n[[rule]]\nmatch = '\\.iso$'\ndefault_ttl = \"7d\"\nimmutable = true\n\n[[rule]]\nmatch = '/api/'\ncache = false\n",
+        )
+        .unwrap();
+        let s = Args {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let rules = &s.engine.policy.rules;
+        assert_eq!(rules.len(), 3);
+        assert_eq!(rules[0].pattern(), r"\.iso$");
+        assert_eq!(rules[0].default_ttl, Some(Duration::from_secs(7 * 86400)));
+        assert!(rules[0].immutable && !rules[1].cache);
+        assert!(rules[2].matches("https://r.test/x/-/x-1.0.0.tgz"));
+        std::fs::write(&path, "[[rule]]\nmatch = '('\n").unwrap();
+        let e = Args {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("rule"), "{e}");
+        std::fs::remove_file(path).ok();
+        let e = Args::try_parse_from(["larder", "--preset", "debian,gentoo"])
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(e.contains("gentoo") && e.contains("known"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod conditional;
 pub mod directives;
+pub mod rules;
 pub mod vary;
 pub mod vectors;
 
@@ -37,7 +38,9 @@ pub enum CacheMode {
 pub struct PolicyConfig {
     /// Shared or private cache semantics.
     pub mode: CacheMode,
-    /// Responses fresh for less than this are not stored (casserole's 60 s rule; default 0).
+    /// The least freshness lifetime a stored 200 gets (squid's `refresh_pattern` minimum),
+    /// where no rule sets its own: a `max-age=60` page under a 1-day minimum is stored and
+    /// fresh for a day. Default 0.
     pub min_ttl: Duration,
     /// Bodies larger than this are streamed through, never stored.
     pub max_object_size: u64,
@@ -51,6 +54,8 @@ pub struct PolicyConfig {
     /// with a valid value decides this cache's policy instead of `Cache-Control` and
     /// `Expires` (all are passed on unchanged). Default: `cdn-cache-control`.
     pub targeted: Vec<String>,
+    /// The operator's freshness rules, first match wins (see [`rules`]).
+    pub rules: Vec<rules::FreshnessRule>,
 }
 
 impl Default for PolicyConfig {
@@ -62,6 +67,7 @@ impl Default for PolicyConfig {
             heuristic_fraction: 0.1,
             stale_if_unreachable: Duration::from_secs(24 * 3600),
             targeted: vec!["cdn-cache-control".into()],
+            rules: Vec::new(),
         }
     }
 }
@@ -92,8 +98,8 @@ pub enum NotStored {
     NotCacheable,
     /// Stale on arrival and no validator to revalidate it with: storing it could not help.
     StaleNoValidator,
-    /// Fresh for less than the configured minimum.
-    BelowMinTtl,
+    /// A freshness rule says not to cache it (`cache = false`).
+    Rule,
     /// Larger than the maximum object size.
     TooLarge,
     /// The body ended before its declared length, or the transfer failed.
@@ -114,7 +120,7 @@ impl NotStored {
             NotStored::VaryStar => "vary-star",
             NotStored::NotCacheable => "not-cacheable",
             NotStored::StaleNoValidator => "stale-no-validator",
-            NotStored::BelowMinTtl => "below-min-ttl",
+            NotStored::Rule => "rule",
             NotStored::TooLarge => "too-large",
             NotStored::Incomplete => "incomplete",
         }
@@ -158,6 +164,8 @@ pub struct Stored {
     validators: Vec<(HeaderName, http::HeaderValue)>,
     shared: bool,
     set_cookie: bool,
+    /// A rule made it immutable: served while fresh even to requests asking to revalidate.
+    immutable: bool,
     /// When the response (or the 304 that last refreshed it) arrived: with the stored
     /// request and head, all a persistent tier needs to rebuild this value.
     response_time: SystemTime,
@@ -446,6 +454,11 @@ impl Policy {
         if req.method != Method::GET {
             return Err(NotStored::Method);
         }
+        let url = req.uri.to_string();
+        let rule = self.config.rules.iter().find(|r| r.matches(&url));
+        if rule.is_some_and(|r| !r.cache) {
+            return Err(NotStored::Rule);
+        }
         let mut res = self.canonical_response(res);
         let req_cc = Directives::parse(&req.headers);
         let mut res_cc = Directives::parse(&res.headers);
@@ -516,7 +529,31 @@ impl Policy {
             }
             _ => res,
         };
-        let policy = CachePolicy::new_options(&kept, judged, now, self.config.options());
+        // The operator's rules and `min_ttl` lengthen only what is a plain success (a 404 or
+        // a 500 made to live a year would outlive the fix); a `max_ttl` shortens anything.
+        let success = matches!(res.status.as_u16(), 200 | 203);
+        let mut ruled;
+        let judged = match rule.and_then(|r| r.default_ttl) {
+            Some(ttl) if success && !rules::has_explicit_lifetime(&judged.headers, shared) => {
+                ruled = crate::heads::clone_response(judged);
+                rules::with_lifetime(&mut ruled.headers, ttl, shared);
+                &ruled
+            }
+            _ => judged,
+        };
+        let mut policy = CachePolicy::new_options(&kept, judged, now, self.config.options());
+        let lifetime = bounded_ttl(&policy, now).saturating_add(policy.age(now));
+        let clamped = match rule {
+            Some(r) if success => r.clamp(lifetime, self.config.min_ttl),
+            Some(r) => r.max_ttl.map_or(lifetime, |high| lifetime.min(high)),
+            None if success => lifetime.max(self.config.min_ttl),
+            None => lifetime,
+        };
+        if clamped != lifetime && !res_cc.no_cache() {
+            ruled = crate::heads::clone_response(judged);
+            rules::with_lifetime(&mut ruled.headers, clamped, shared);
+            policy = CachePolicy::new_options(&kept, &ruled, now, self.config.options());
+        }
         if !policy.is_storable() {
             return Err(if is_understood_status(res.status) {
                 NotStored::NotCacheable
@@ -529,9 +566,6 @@ impl Policy {
             || res.headers.contains_key(header::LAST_MODIFIED);
         if ttl.is_zero() && !has_validator {
             return Err(NotStored::StaleNoValidator);
-        }
-        if ttl < self.config.min_ttl {
-            return Err(NotStored::BelowMinTtl);
         }
         let max_age = ttl.saturating_add(policy.age(now));
         let footprint = heads::fields_footprint(&kept.headers)
@@ -550,6 +584,7 @@ impl Policy {
             validators: validators_of(&res.headers),
             shared,
             set_cookie,
+            immutable: rule.is_some_and(|r| r.immutable),
             response_time: now,
         })
     }
@@ -562,6 +597,10 @@ impl Policy {
         }
         if !stored.vary.matches(&req.headers) {
             return Reuse::NoMatch(NotServed::VaryMismatch);
+        }
+        // An operator's `immutable`: a fresh entry answers even a reload's `no-cache`.
+        if stored.immutable && now < stored.fresh_until {
+            return Reuse::Fresh;
         }
         // The common case, without the crate's header copies: a request with no directives
         // of its own, and a response still inside the lifetime computed when it was stored
@@ -709,6 +748,7 @@ impl Policy {
                     },
                     shared: stored.shared,
                     set_cookie: stored.set_cookie,
+                    immutable: stored.immutable,
                     response_time: now,
                 };
                 Revalidated::NotModified {

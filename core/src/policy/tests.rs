@@ -190,26 +190,122 @@ fn private_mode_stores_private_and_authorized() {
     );
 }
 
+/// `min_ttl` is squid's minimum: a shorter lifetime is raised to it (a `max-age=30` page
+/// under a 60 s minimum is fresh for 60 s), for plain successes only; what forbids storing
+/// or asks for revalidation every time still does.
 #[test]
-fn min_ttl_refuses_short_lived() {
+fn min_ttl_raises_short_lifetimes() {
     let p = Policy::new(PolicyConfig {
         min_ttl: Duration::from_secs(60),
         ..Default::default()
     });
-    let r = p.storable(
-        &req("GET", &[]),
-        &res(200, &[("cache-control", "max-age=30")]),
-        t0(),
+    let ttl = |status: u16, fields: &[(&str, &str)]| {
+        p.storable(&req("GET", &[]), &res(status, fields), t0())
+            .map(|s| s.ttl(t0()))
+    };
+    assert_eq!(
+        ttl(200, &[("cache-control", "max-age=30")]),
+        Ok(Duration::from_secs(60))
     );
-    assert_eq!(r.err(), Some(NotStored::BelowMinTtl));
-    assert!(
-        p.storable(
-            &req("GET", &[]),
-            &res(200, &[("cache-control", "max-age=60")]),
-            t0()
-        )
-        .is_ok()
+    assert_eq!(
+        ttl(200, &[("cache-control", "max-age=600")]),
+        Ok(Duration::from_secs(600))
     );
+    // Even without a validator or any freshness of its own.
+    assert_eq!(ttl(200, &[]), Ok(Duration::from_secs(60)));
+    // A 404 keeps its own lifetime.
+    assert_eq!(
+        ttl(404, &[("cache-control", "max-age=5")]),
+        Ok(Duration::from_secs(5))
+    );
+    assert_eq!(
+        ttl(200, &[("cache-control", "no-store")]),
+        Err(NotStored::NoStore)
+    );
+    assert_eq!(
+        ttl(200, &[("cache-control", "no-cache"), ("etag", "\"v\"")]),
+        Ok(Duration::ZERO)
+    );
+}
+
+fn ruled(rule: rules::FreshnessRule) -> Policy {
+    Policy::new(PolicyConfig {
+        rules: vec![rule],
+        ..Default::default()
+    })
+}
+
+/// Operator rules (squid's refresh_pattern): the first matching rule's default lifetime
+/// applies to responses without explicit freshness, even without a validator; its clamps
+/// bound any lifetime; `cache = false` stores nothing; other URLs are untouched.
+#[test]
+fn freshness_rules() {
+    let mut r = rules::FreshnessRule::new(r"\.deb$").unwrap();
+    r.default_ttl = Some(Duration::from_secs(86400));
+    r.max_ttl = Some(Duration::from_secs(3600 * 48));
+    let p = ruled(r);
+    let at = |url: &str, fields: &[(&str, &str)]| {
+        let q = http::Request::get(url).body(()).unwrap().into_parts().0;
+        p.storable(&q, &res(200, fields), t0()).map(|s| s.ttl(t0()))
+    };
+    assert_eq!(
+        at("http://m.test/a.deb", &[]),
+        Ok(Duration::from_secs(86400))
+    );
+    assert_eq!(
+        at(
+            "http://m.test/a.deb",
+            &[("cache-control", "max-age=999999")]
+        ),
+        Ok(Duration::from_secs(3600 * 48)),
+        "clamped"
+    );
+    assert_eq!(
+        at("http://m.test/a.deb", &[("cache-control", "max-age=60")]),
+        Ok(Duration::from_secs(60)),
+        "explicit freshness is the origin's"
+    );
+    assert_eq!(
+        at("http://m.test/a.txt", &[]),
+        Err(NotStored::StaleNoValidator)
+    );
+    let mut off = rules::FreshnessRule::new("/private/").unwrap();
+    off.cache = false;
+    let p = ruled(off);
+    let q = http::Request::get("http://m.test/private/x")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let fresh = res(200, &[("cache-control", "max-age=60")]);
+    assert_eq!(p.storable(&q, &fresh, t0()).err(), Some(NotStored::Rule));
+}
+
+/// An immutable rule serves a fresh entry even to a reload (`no-cache`, `max-age=0`).
+#[test]
+fn immutable_rules_ignore_reloads_while_fresh() {
+    let p = ruled(rules::preset("pypi").unwrap().remove(0));
+    let q = http::Request::get("http://f.test/packages/a/b/pkg-1.0-py3-none-any.whl")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let stored = p.storable(&q, &res(200, &[]), t0()).unwrap();
+    assert!(stored.ttl(t0()) >= Duration::from_secs(364 * 86400));
+    let mut reload = crate::heads::clone_request(&q);
+    reload
+        .headers
+        .insert("cache-control", "no-cache".parse().unwrap());
+    assert!(matches!(p.reuse(&stored, &reload, t0()), Reuse::Fresh));
+    // Without the rule a reload revalidates.
+    let plain = Policy::new(PolicyConfig::default());
+    let stored = plain
+        .storable(&q, &res(200, &[("cache-control", "max-age=600")]), t0())
+        .unwrap();
+    assert!(matches!(
+        plain.reuse(&stored, &reload, t0()),
+        Reuse::Stale { .. }
+    ));
 }
 
 // RFC 9111 §4.2: freshness, Age, s-maxage, Expires, heuristics.
@@ -734,11 +830,14 @@ fn freshness_is_bounded_whatever_the_parsers_see() {
         .0;
     policy.prepare_response(&mut res);
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    // The crate is given canonical Cache-Control (one parser decides): the unbalanced member
+    // is dropped whole. The 2^64 s minimum then raises the lifetime, to 2^31 s at most.
     match policy.storable(&req, &res, now) {
-        // Since the crate is given canonical Cache-Control (one parser decides), the
-        // unbalanced member is dropped whole and there is no lifetime at all.
-        Err(NotStored::BelowMinTtl | NotStored::StaleNoValidator) => {}
-        Ok(s) => panic!("stored with ttl {:?} under a min-ttl of 2^64 s", s.ttl(now)),
+        Ok(s) => assert!(
+            s.ttl(now) <= Duration::from_secs(1 << 31),
+            "{:?}",
+            s.ttl(now)
+        ),
         Err(e) => panic!("unexpected refusal {e:?}"),
     }
 }

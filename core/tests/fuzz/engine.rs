@@ -332,6 +332,7 @@ impl Driver {
                 // Stale copies served on unreachable origins too (cfg.collapse varies it).
                 stale_if_unreachable: Duration::from_secs(cfg.collapse * 60),
                 targeted: vec!["cdn-cache-control".into()],
+                rules: Vec::new(),
             },
             memory: cfg.memory,
             self_id: cfg.cluster.then(|| PEERS[0].to_owned()),
