@@ -1,7 +1,9 @@
 //! Freshness and revalidation: 304s, stale-if-error, stale-while-revalidate, min_ttl,
 //! only-if-cached.
 
-use crate::sim::{Failure, Reply, Sim, assert_hit, assert_revalidated, assert_stale, t0};
+use crate::sim::{
+    Failure, Reply, Sim, assert_hit, assert_miss, assert_revalidated, assert_stale, t0,
+};
 use crate::{URL, fresh};
 use larder_core::Config;
 use larder_core::cache_status::Fwd;
@@ -128,8 +130,9 @@ fn stale_while_revalidate_answers_at_once_and_refreshes_behind() {
     assert_hit(r);
 }
 
+/// `min_ttl` is a floor (squid's refresh_pattern minimum): a 30 s lifetime lives 60 s.
 #[test]
-fn min_ttl_is_respected() {
+fn min_ttl_raises_short_lifetimes() {
     let cfg = Config {
         policy: PolicyConfig {
             min_ttl: Duration::from_secs(60),
@@ -137,19 +140,34 @@ fn min_ttl_is_respected() {
         },
         ..Default::default()
     };
-    let mut s = Sim::new(1, cfg, |_, n| {
+    let mut s = Sim::new(1, cfg, |_, _| {
+        Reply::ok("x", &[("cache-control", "max-age=30")])
+    });
+    assert!(assert_miss(s.get(URL, &[])).stored);
+    s.advance(45);
+    assert_hit(s.get(URL, &[]));
+    s.advance(20);
+    assert!(!s.get(URL, &[]).status_parts().is_hit());
+    assert_eq!(s.origin_hits(), 2);
+}
+
+/// A key found uncacheable passes through (hit-for-miss) until that lapses by the clock,
+/// not by a timer.
+#[test]
+fn hit_for_miss_lapses_by_the_clock() {
+    let mut s = Sim::single(|_, n| {
         Reply::ok(
             "x",
             &[(
                 "cache-control",
-                if n == 0 { "max-age=30" } else { "max-age=90" },
+                if n == 0 { "no-store" } else { "max-age=90" },
             )],
         )
     });
     let r = s.get(URL, &[]);
     let p = r.status_parts();
     assert!(
-        p.is_miss() && !p.stored && p.detail() == Some("below-min-ttl"),
+        p.is_miss() && !p.stored && p.detail() == Some("no-store"),
         "{}",
         r.cache_status()
     );
