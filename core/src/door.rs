@@ -41,10 +41,81 @@ fn check_port(uri: &Uri) -> Result<(), Refused> {
     }
 }
 
-/// Resolves the target URL of a request.
+/// One upstream served in mirror mode: origin-form requests under `prefix` (a path, or
+/// empty for everything) go to `base` with the prefix replaced by `base`'s path. Several
+/// mirrors let one Larder serve a team's package mirrors (`/debian`, `/pypi`, `/npm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    prefix: String,
+    base: Uri,
+}
+
+impl Mirror {
+    /// `PREFIX=URL` (`/debian=http://deb.example/debian`), or a bare `URL` for every path.
+    pub fn parse(spec: &str) -> Result<Mirror, String> {
+        let spec = spec.trim();
+        let (prefix, url) = match spec.split_once('=') {
+            Some((p, u)) if p.starts_with('/') => (p.trim_end_matches('/'), u),
+            _ => ("", spec),
+        };
+        if prefix.contains(['?', '#', '=']) {
+            return Err(format!("mirror prefix {prefix:?} must be a plain path"));
+        }
+        let base: Uri = url
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|e| format!("bad mirror URL {url:?}: {e}"))?;
+        if !matches!(base.scheme_str(), Some("http" | "https")) || base.authority().is_none() {
+            return Err(format!("mirror {url:?} must be an http(s) URL"));
+        }
+        if base.query().is_some() {
+            return Err(format!("mirror {url:?} must not have a query"));
+        }
+        Ok(Mirror {
+            prefix: prefix.to_owned(),
+            base,
+        })
+    }
+
+    /// The upstream URL.
+    pub fn base(&self) -> &Uri {
+        &self.base
+    }
+
+    /// The path it serves (empty: every path).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The rest of `path` when this mirror serves it (a whole segment must match:
+    /// `/debian` serves `/debian/x`, not `/debian-security/x`).
+    fn rest<'a>(&self, pq: &'a str) -> Option<&'a str> {
+        let rest = pq.strip_prefix(self.prefix.as_str())?;
+        (rest.is_empty() || rest.starts_with(['/', '?'])).then_some(rest)
+    }
+}
+
+/// Resolves the target URL of a request, with at most one mirror for every path.
 pub fn resolve(
     parts: &Parts,
     mirror: Option<&Uri>,
+    proxy_path: &str,
+) -> Result<(Uri, Door), Refused> {
+    let mirrors: Vec<Mirror> = mirror
+        .map(|base| Mirror {
+            prefix: String::new(),
+            base: base.clone(),
+        })
+        .into_iter()
+        .collect();
+    resolve_in(parts, &mirrors, proxy_path)
+}
+
+/// Resolves the target URL of a request; an origin-form one goes to the mirror with the
+/// longest prefix that serves its path.
+pub fn resolve_in(
+    parts: &Parts,
+    mirrors: &[Mirror],
     proxy_path: &str,
 ) -> Result<(Uri, Door), Refused> {
     let bad = |m: String| Refused(http::StatusCode::BAD_REQUEST, m);
@@ -81,34 +152,52 @@ pub fn resolve(
         check_port(&uri)?;
         return Ok((uri, Door::ProxyPath));
     }
-    let Some(base) = mirror else {
-        return Err(bad(
-            "origin-form request without --mirror: send absolute-form (curl -x http://this-proxy URL) or use /proxy?q=".into(),
-        ));
-    };
-    let prefix = base.path().trim_end_matches('/');
     let pq = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    // Only origin-form joins the mirror URL: `*` would make `http://host:port*` (port 80).
+    // Only origin-form joins a mirror URL: `*` would make `http://host:port*` (port 80).
     if !pq.starts_with('/') {
+        if mirrors.is_empty() {
+            return Err(bad(NO_MIRROR.into()));
+        }
         return Err(bad(format!(
             "{pq:?} is not an origin-form target (a path starting with /)"
         )));
     }
+    let Some((m, rest)) = mirrors
+        .iter()
+        .filter_map(|m| Some((m, m.rest(pq)?)))
+        .max_by_key(|(m, _)| m.prefix.len())
+    else {
+        if mirrors.is_empty() {
+            return Err(bad(NO_MIRROR.into()));
+        }
+        let served: Vec<&str> = mirrors.iter().map(|m| m.prefix.as_str()).collect();
+        return Err(Refused(
+            http::StatusCode::NOT_FOUND,
+            format!("no mirror serves {pq:?} (mirrored: {})", served.join(", ")),
+        ));
+    };
+    let rest = if rest.is_empty() || rest.starts_with('?') {
+        format!("/{rest}")
+    } else {
+        rest.to_owned()
+    };
     let joined = format!(
         "{}://{}{}{}",
-        base.scheme_str().unwrap_or("http"),
-        base.authority().map(|a| a.as_str()).unwrap_or(""),
-        prefix,
-        pq
+        m.base.scheme_str().unwrap_or("http"),
+        m.base.authority().map(|a| a.as_str()).unwrap_or(""),
+        m.base.path().trim_end_matches('/'),
+        rest
     );
     absolute(&joined)
         .map(|u| (u, Door::Mirror))
         .ok_or_else(|| bad(format!("cannot build a mirror URL from {pq:?}")))
 }
+
+const NO_MIRROR: &str = "origin-form request without --mirror: send absolute-form (curl -x http://this-proxy URL) or use /proxy?q=";
 
 /// The query of the forwardcache door for a target: `q=<escaped URL>`.
 pub fn proxy_query(target: &str) -> String {
@@ -167,6 +256,42 @@ mod tests {
             resolve(&star, Some(&m), "/proxy").unwrap_err().0,
             http::StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn several_mirrors_by_prefix() {
+        let ms: Vec<Mirror> = [
+            "/debian=http://deb.test/debian/",
+            "/pypi=https://pypi.test",
+            "/debian-security=http://sec.test/ds",
+        ]
+        .iter()
+        .map(|s| Mirror::parse(s).unwrap())
+        .collect();
+        let to = |p: &str| resolve_in(&parts(p), &ms, "/proxy").map(|(u, _)| u.to_string());
+        assert_eq!(
+            to("/debian/pool/a.deb"),
+            Ok("http://deb.test/debian/pool/a.deb".into())
+        );
+        assert_eq!(
+            to("/debian-security/x?y"),
+            Ok("http://sec.test/ds/x?y".into())
+        );
+        assert_eq!(to("/pypi"), Ok("https://pypi.test/".into()));
+        assert_eq!(to("/pypi?x=1"), Ok("https://pypi.test/?x=1".into()));
+        let miss = to("/debianx/a").unwrap_err();
+        assert_eq!(miss.0, http::StatusCode::NOT_FOUND);
+        assert!(miss.1.contains("/debian"), "{}", miss.1);
+        // A root mirror takes what no prefix serves; the longest prefix wins.
+        let mut with_root = ms.clone();
+        with_root.push(Mirror::parse("http://all.test").unwrap());
+        let (u, _) = resolve_in(&parts("/other/x"), &with_root, "/proxy").unwrap();
+        assert_eq!(u.to_string(), "http://all.test/other/x");
+        let (u, _) = resolve_in(&parts("/debian/x"), &with_root, "/proxy").unwrap();
+        assert_eq!(u.to_string(), "http://deb.test/debian/x");
+        for bad in ["/x=ftp://a", "/x=http://a/?q", "not a url"] {
+            assert!(Mirror::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

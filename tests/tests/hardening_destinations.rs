@@ -98,7 +98,7 @@ async fn allow_destination_mirror_and_peers_stay_reachable() {
     let base = origin.url("/m");
     let nodes = cluster(2, |a| {
         a.allow_destination.clear();
-        a.mirror = Some(base.clone());
+        a.mirror = vec![base.clone()];
     })
     .await;
     for i in 0..8 {

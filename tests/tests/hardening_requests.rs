@@ -145,7 +145,7 @@ async fn host_is_required_once_in_http_1_1() {
     let origin = RawOrigin::start(body_of).await;
     let forward = peer(|_| {}).await;
     let base = origin.url("/m");
-    let mirror = peer(|a| a.mirror = Some(base.clone())).await;
+    let mirror = peer(|a| a.mirror = vec![base.clone()]).await;
     let url = origin.url("/x");
     let wait = Duration::from_secs(3);
     for (server, target) in [(forward.addr, url.as_str()), (mirror.addr, "/y")] {
@@ -260,7 +260,7 @@ async fn asterisk_form_is_answered_locally() {
     use std::time::Duration;
     let origin = RawOrigin::start(body_of).await;
     let base = origin.url("/m");
-    let mirror = peer(|a| a.mirror = Some(base.clone())).await;
+    let mirror = peer(|a| a.mirror = vec![base.clone()]).await;
     let forward = peer(|_| {}).await;
     for server in [mirror.addr, forward.addr] {
         let ask = |m: &str| format!("{m} * HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");

@@ -41,7 +41,7 @@ async fn mirror_door_keeps_query_and_status() {
     })
     .await;
     let base = origin.url("/pkg");
-    let p = peer(|a| a.mirror = Some(base.clone())).await;
+    let p = peer(|a| a.mirror = vec![base.clone()]).await;
     let r = send(p.addr, "GET", "/file.deb?arch=amd64", &[])
         .await
         .unwrap();
@@ -59,6 +59,45 @@ async fn mirror_door_keeps_query_and_status() {
         r.cache_status()
     );
     assert_eq!(origin.hits(), 2);
+}
+
+/// Issue 12 (5): one Larder serves several mirrors by path prefix (the longest wins), and
+/// a path no mirror serves is a 404 that names the mirrored prefixes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_mirrors_by_prefix() {
+    let deb = Origin::start(|seen, _| {
+        Reply::ok(
+            format!("deb {}", seen.uri),
+            &[("cache-control", "max-age=60")],
+        )
+    })
+    .await;
+    let pypi = Origin::start(|seen, _| {
+        Reply::ok(
+            format!("pypi {}", seen.uri),
+            &[("cache-control", "max-age=60")],
+        )
+    })
+    .await;
+    let p = peer(|a| {
+        a.mirror = vec![
+            format!("/debian={}", deb.url("/debian")),
+            format!("/pypi={}", pypi.url("")),
+        ]
+    })
+    .await;
+    for _ in 0..2 {
+        let r = send(p.addr, "GET", "/debian/pool/a.deb", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.text(), "deb /debian/pool/a.deb");
+        let r = send(p.addr, "GET", "/pypi/simple/pkg/", &[]).await.unwrap();
+        assert_eq!(r.text(), "pypi /simple/pkg/");
+    }
+    assert_eq!((deb.hits(), pypi.hits()), (1, 1), "second round from cache");
+    let r = send(p.addr, "GET", "/npm/x", &[]).await.unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("/debian, /pypi"), "{}", r.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,9 +23,11 @@ pub struct Args {
     /// [default: 127.0.0.1:3128].
     #[arg(long, env = "LARDER_LISTEN")]
     pub listen: Option<String>,
-    /// Serve origin-form requests from this upstream (reverse-proxy / package-mirror mode).
-    #[arg(long, env = "LARDER_MIRROR")]
-    pub mirror: Option<String>,
+    /// Serve origin-form requests from an upstream (reverse-proxy / package-mirror mode):
+    /// `URL` for every path, or `/PREFIX=URL` for the paths under `/PREFIX` (repeatable; the
+    /// longest prefix wins), e.g. `--mirror /debian=http://deb.example/debian`.
+    #[arg(long, env = "LARDER_MIRROR", value_delimiter = ',')]
+    pub mirror: Vec<String>,
     /// Regex over the URL's path (not its query): matching requests are never cached
     /// (repeatable).
     #[arg(long, env = "LARDER_PASSTHROUGH", value_delimiter = ',')]
@@ -169,11 +171,13 @@ pub enum Command {
 #[derive(Deserialize, Debug, Default)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct FileConfig {
+    /// One URL, or a list of `URL` / `/PREFIX=URL`.
+    #[serde(default, deserialize_with = "one_or_many")]
+    mirror: Option<Vec<String>>,
     /// `[[rule]]` entries, first match wins.
     rule: Option<Vec<RuleConfig>>,
     preset: Option<Vec<String>>,
     listen: Option<String>,
-    mirror: Option<String>,
     passthrough: Option<Vec<String>>,
     memory: Option<String>,
     disk_dir: Option<PathBuf>,
@@ -249,7 +253,8 @@ impl RuleConfig {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub mirror: Option<http::Uri>,
+    /// Upstreams served to origin-form requests, by path prefix.
+    pub mirrors: Vec<larder_core::door::Mirror>,
     pub engine: larder_core::Config,
     /// The disk tier's directory (the engine's `disk` budget is 0 without one).
     pub disk_dir: Option<PathBuf>,
@@ -306,6 +311,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+/// A TOML value that is one string or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    }))
 }
 
 /// `host:port` to a socket address: a literal, or a name resolved to its first address
@@ -424,18 +443,15 @@ impl Args {
             .unwrap_or_else(|| "hrw".into())
             .parse()?;
         let private = or(self.private, file.private).unwrap_or(false);
-        let mirror = or(self.mirror, file.mirror)
-            .map(|m| {
-                let u: http::Uri = m
-                    .trim_end_matches('/')
-                    .parse()
-                    .map_err(|e| format!("bad --mirror {m:?}: {e}"))?;
-                if !matches!(u.scheme_str(), Some("http" | "https")) || u.authority().is_none() {
-                    return Err(format!("--mirror {m:?} must be an http(s) URL"));
-                }
-                Ok(u)
-            })
-            .transpose()?;
+        let mirrors = list(self.mirror, file.mirror)
+            .iter()
+            .map(|m| larder_core::door::Mirror::parse(m).map_err(|e| format!("--mirror: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, m) in mirrors.iter().enumerate() {
+            if mirrors[..i].iter().any(|o| o.prefix() == m.prefix()) {
+                return Err(format!("--mirror: two mirrors for {:?}", m.prefix()));
+            }
+        }
         let self_url = or(self.self_url, file.self_url)
             .map(|u| canonical_peer(&u))
             .transpose()?;
@@ -542,7 +558,7 @@ impl Args {
         };
         Ok(Settings {
             listen,
-            mirror,
+            mirrors,
             engine,
             disk_dir,
             self_url,

@@ -94,13 +94,12 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
         .unwrap_or_else(|| format!("larder@{addr}"));
     // The mirror is the operator's own upstream: always reachable, wherever it is.
     let trusted = settings
-        .mirror
-        .as_ref()
-        .and_then(|m| {
-            let port = larder_core::key::port_or_default(m).ok()?;
-            Some((m.host()?.to_owned(), port))
+        .mirrors
+        .iter()
+        .filter_map(|m| {
+            let port = larder_core::key::port_or_default(m.base()).ok()?;
+            Some((m.base().host()?.to_owned(), port))
         })
-        .into_iter()
         .collect();
     let guard = Arc::new(Guard {
         allow: settings.allow_destination.clone(),
@@ -510,12 +509,9 @@ async fn route(
             ));
         }
     }
-    let (target, door) = door::resolve(
-        &parts,
-        state.settings.mirror.as_ref(),
-        &state.settings.proxy_path,
-    )
-    .map_err(|r| refuse(r, &parts))?;
+    let (target, door) =
+        door::resolve_in(&parts, &state.settings.mirrors, &state.settings.proxy_path)
+            .map_err(|r| refuse(r, &parts))?;
     let from_peer = parts.headers.contains_key(larder_core::hop::HOP);
     if from_peer {
         match &state.settings.peer_secret {

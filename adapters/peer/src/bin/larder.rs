@@ -67,9 +67,25 @@ async fn run() {
     if !settings.peers.is_empty() && settings.peer_secret.is_none() {
         tracing::warn!("no --peer-secret: peer traffic is accepted from loopback only");
     }
-    let mode = match &settings.mirror {
-        Some(m) => format!("mirror of {m}"),
-        None => "forward proxy".into(),
+    let mode = match settings.mirrors.as_slice() {
+        [] => "forward proxy".to_owned(),
+        ms => {
+            let each: Vec<String> = ms
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} -> {}",
+                        if m.prefix().is_empty() {
+                            "/"
+                        } else {
+                            m.prefix()
+                        },
+                        m.base()
+                    )
+                })
+                .collect();
+            format!("forward proxy and mirror of {}", each.join(", "))
+        }
     };
     let running = match larder_peer::start(settings.clone()).await {
         Ok(r) => r,
