@@ -35,6 +35,19 @@ echo "== Spin component (wasm32-wasip2)"
 cargo build -p larder-spin --target wasm32-wasip2 --profile component
 ls -l target/wasm32-wasip2/component/larder_spin.wasm
 
+echo "== real clients the tests drive (curl, pip, npm, apt-get, dpkg-deb, undici)"
+need=()
+command -v curl >/dev/null || need+=(curl)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+command -v npm >/dev/null || need+=(npm)
+command -v apt-get >/dev/null || need+=(apt)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[ -d tests/clients/node_modules/undici ] \
+  || npm install --prefix tests/clients --no-audit --no-fund --no-package-lock >/dev/null
+
 echo "== tests"
 cargo test -p larder-spin --lib
 cargo test --workspace --exclude larder-spin
