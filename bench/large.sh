@@ -34,6 +34,8 @@
 #    cache), interleaved; median MiB/s and the ratio Larder/nginx (and, for reference, Larder
 #    through the owner itself). The whole Larder cluster (3 processes) gets PROXY_CPU, the
 #    one core the single nginx worker gets.
+# Access logs off, as on the nginx side.
+export LARDER_LOG_FORMAT=off
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}

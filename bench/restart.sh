@@ -8,6 +8,8 @@
 # any answer that did not come from the disk tier would be a 502.
 # Usage: bench/restart.sh   (ENTRIES=100000 BODY=1024 RUNS=3; COLD=1 drops the page cache
 # before each start, root only; LARDER_BIN=path skips the build)
+# Access logs off, as on the nginx side.
+export LARDER_LOG_FORMAT=off
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENTRIES=${ENTRIES:-100000}

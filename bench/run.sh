@@ -11,6 +11,8 @@
 # entries' metadata does not fit either, so most requests are cold hits that load it from
 # disk first. The script reports hits and larder_disk_loads_total per request to show it.
 # LARDER_BIN=path benchmarks that binary instead of building ./target/release/larder.
+# Access logs off, as on the nginx side.
+export LARDER_LOG_FORMAT=off
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}

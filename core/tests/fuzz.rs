@@ -756,6 +756,51 @@ proptest! {
         }
     }
 
+    /// Several mirrors by prefix (`--mirror /PREFIX=URL`): no panic; an origin-form
+    /// target resolves to exactly one mirror's scheme, authority and path, the one with the
+    /// longest prefix that serves it whole-segment; nothing else names a mirror.
+    #[test]
+    fn door_prefixed_mirrors(
+        target in target(),
+        root in proptest::bool::ANY,
+    ) {
+        let mut specs = vec![
+            "/debian=http://deb.test/debian",
+            "/debian/security=http://sec.test:8080/s/",
+            "/pypi=https://pypi.test",
+        ];
+        if root {
+            specs.push("http://all.test/base");
+        }
+        let mirrors: Vec<door::Mirror> =
+            specs.iter().map(|s| door::Mirror::parse(s).expect("valid")).collect();
+        let Ok(uri) = target.parse::<Uri>() else { return Ok(()) };
+        let parts = http::Request::get(uri).body(()).expect("valid").into_parts().0;
+        let Ok((got, d)) = door::resolve_in(&parts, &mirrors, "/proxy") else {
+            return Ok(());
+        };
+        if d != Door::Mirror {
+            return Ok(());
+        }
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let serves = |m: &door::Mirror| {
+            let rest = pq.strip_prefix(m.prefix());
+            rest.is_some_and(|r| r.is_empty() || r.starts_with(['/', '?']))
+        };
+        let chosen = mirrors
+            .iter()
+            .filter(|m| serves(m))
+            .max_by_key(|m| m.prefix().len())
+            .expect("a mirror door names a mirror that serves the path");
+        let base = chosen.base();
+        prop_assert_eq!(got.scheme_str(), base.scheme_str());
+        prop_assert_eq!(got.authority(), base.authority(), "{} for {:?}", got, target);
+        prop_assert!(
+            got.path().starts_with(base.path().trim_end_matches('/')),
+            "{} left {}'s path for {:?}", got, base, target
+        );
+    }
+
     /// The `/proxy?q=` door gives back exactly the URL `proxy_query` escaped.
     #[test]
     fn proxy_query_round_trip(url in uri_text()) {

@@ -371,6 +371,9 @@ pub fn loopback_destinations() -> Vec<String> {
 pub async fn peer(f: impl FnOnce(&mut larder_peer::Args)) -> larder_peer::Running {
     let mut args = larder_peer::Args {
         allow_destination: loopback_destinations(),
+        // The access log writes to the process's standard output, which the test harness
+        // does not capture.
+        log_format: Some("off".into()),
         ..Default::default()
     };
     f(&mut args);
@@ -399,6 +402,7 @@ pub async fn cluster(
             self_url: Some(url.clone()),
             peers: urls.clone(),
             allow_destination: loopback_destinations(),
+            log_format: Some("off".into()),
             ..Default::default()
         };
         f(&mut args);

@@ -20,16 +20,30 @@ enum Kind {
     Relay(Body, Duration, Pin<Box<tokio::time::Sleep>>),
 }
 
-/// What the access log says about one request.
+/// What the access log says about one request, written when its body is dropped.
 pub struct LogLine {
+    pub format: crate::access::Format,
+    pub client: std::net::SocketAddr,
     pub method: http::Method,
     pub url: String,
+    pub version: http::Version,
     pub status: u16,
     pub cache: String,
     pub start: Instant,
-    /// The declared length: reaching it completes the body even if the server stops polling.
+    /// When the request arrived.
+    pub time: std::time::SystemTime,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
+    /// No body to send (HEAD, 204, 304): complete with its head.
+    pub bodiless: bool,
+    /// The declared length: hyper stops asking for frames once it is sent.
     pub length: Option<u64>,
 }
+
+/// Largest frame handed to the connection at once: hyper asks for the next one only as
+/// the client takes the bytes, so the log's duration, bytes sent and completion are the
+/// client's, not how fast a whole cached body was handed over.
+const FRAME_MAX: usize = 64 * 1024;
 
 pub struct ClientBody {
     kind: Kind,
@@ -80,16 +94,21 @@ impl Drop for ClientBody {
             driver.release(id);
         }
         if let Some(l) = self.log.take() {
-            tracing::info!(
-                method = %l.method,
-                url = %l.url,
-                status = l.status,
-                cache = %l.cache,
-                bytes = self.bytes,
-                ms = l.start.elapsed().as_millis() as u64,
-                complete = self.done || l.length.is_some_and(|n| n == self.bytes),
-                "request"
-            );
+            let entry = crate::access::Entry {
+                time: l.time,
+                client: l.client,
+                method: l.method.as_str(),
+                url: &l.url,
+                version: l.version,
+                status: l.status,
+                bytes: self.bytes,
+                referer: l.referer.as_deref(),
+                user_agent: l.user_agent.as_deref(),
+                cache: &l.cache,
+                duration: l.start.elapsed(),
+                complete: self.done || l.bodiless || l.length == Some(self.bytes),
+            };
+            crate::access::write(l.format, &entry);
         }
     }
 }
@@ -104,6 +123,9 @@ impl http_body::Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let out = match &mut this.kind {
+            Kind::Full(Some(b)) if b.len() > FRAME_MAX => {
+                Poll::Ready(Some(Ok(Frame::data(b.split_to(FRAME_MAX)))))
+            }
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(rx) => loop {
                 match rx.poll_recv(cx) {

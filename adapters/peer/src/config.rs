@@ -154,6 +154,15 @@ pub struct Args {
     /// Origin idle time between body bytes [default: 30s].
     #[arg(long, env = "LARDER_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
+    /// Access log on standard output: combined (NCSA, what log tools ingest, with the cache
+    /// status, duration and completion appended), json, or off [default: combined].
+    #[arg(long, env = "LARDER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Diagnostic log level on standard error: error, warn, info, debug, trace, or a
+    /// tracing filter such as `info,larder_peer::upstream=debug` [default: info; the
+    /// LARDER_LOG variable too].
+    #[arg(long, env = "LARDER_LOG")]
+    pub log_level: Option<String>,
     /// Path of the forwardcache-compatible door [default: /proxy].
     #[arg(long, env = "LARDER_PROXY_PATH")]
     pub proxy_path: Option<String>,
@@ -212,6 +221,8 @@ struct FileConfig {
     first_byte_timeout: Option<String>,
     idle_timeout: Option<String>,
     proxy_path: Option<String>,
+    log_format: Option<String>,
+    log_level: Option<String>,
 }
 
 /// One `[[rule]]` of the config file (see `larder_core::policy::rules`).
@@ -280,6 +291,10 @@ pub struct Settings {
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
     pub proxy_path: String,
+    /// How access lines are written.
+    pub log_format: crate::access::Format,
+    /// The diagnostic log filter.
+    pub log_level: String,
 }
 
 impl Default for Settings {
@@ -603,6 +618,11 @@ impl Args {
                 Duration::from_secs(30),
             )?,
             proxy_path,
+            log_format: or(self.log_format, file.log_format)
+                .map(|f| f.parse())
+                .transpose()?
+                .unwrap_or_default(),
+            log_level: or(self.log_level, file.log_level).unwrap_or_else(|| "info".into()),
         })
     }
 }

@@ -177,7 +177,7 @@ pub async fn connect(
             }
             (_, _, Some(upstream)) => {
                 state.metrics.connect.tunnelled.inc();
-                relay(&state, &target, client, upstream).await;
+                relay(&state, remote, &target, client, upstream).await;
             }
             (_, _, None) => {
                 // Chosen for interception, but not TLS nor HTTP: nothing to relay it to.
@@ -192,26 +192,33 @@ pub async fn connect(
 /// Relays a tunnel's bytes both ways until either side closes; logged and counted.
 async fn relay(
     state: &Arc<State>,
+    remote: SocketAddr,
     target: &str,
     mut client: Prefixed<TokioIo<hyper::upgrade::Upgraded>>,
     mut upstream: tokio::net::TcpStream,
 ) {
-    let start = Instant::now();
+    let (start, time) = (Instant::now(), std::time::SystemTime::now());
     let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
         .await
         .unwrap_or((client.read_total, 0));
     state.metrics.tunnel_up.inc_by(up);
     state.metrics.tunnel_down.inc_by(down);
-    tracing::info!(
-        method = "CONNECT",
-        url = %target,
-        status = 200,
-        cache = "tunnel",
-        bytes = down,
-        bytes_up = up,
-        ms = start.elapsed().as_millis() as u64,
-        "request"
-    );
+    let entry = crate::access::Entry {
+        time,
+        client: remote,
+        method: "CONNECT",
+        url: target,
+        version: http::Version::HTTP_11,
+        status: 200,
+        bytes: down,
+        referer: None,
+        user_agent: None,
+        cache: "tunnel",
+        duration: start.elapsed(),
+        complete: true,
+    };
+    crate::access::write(state.settings.log_format, &entry);
+    tracing::debug!(%target, up, down, "tunnel closed");
 }
 
 /// A stream whose first bytes were already read: they are read again first.

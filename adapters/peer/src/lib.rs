@@ -6,6 +6,7 @@
 //! peers ([`peers`]) and exports metrics ([`metrics`]). [`Client`] is the library side: a
 //! non-participating client that sends each request straight to its owner.
 
+pub mod access;
 pub mod body;
 pub mod client;
 pub mod config;

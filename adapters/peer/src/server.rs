@@ -401,7 +401,27 @@ async fn handle(
     tunnel: Option<Arc<str>>,
 ) -> Result<Response<ClientBody>, Infallible> {
     let start = Instant::now();
-    let mut resp = match route(&state, remote, req, start, &interim, tunnel.as_deref()).await {
+    let format = state.settings.log_format;
+    let asked = (format != crate::access::Format::Off).then(|| {
+        let field = |n: header::HeaderName| {
+            req.headers()
+                .get(n)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let url = match (&tunnel, req.uri().scheme()) {
+            (Some(base), None) => format!("{base}{}", req.uri()),
+            _ => req.uri().to_string(),
+        };
+        (
+            req.method().clone(),
+            url,
+            req.version(),
+            field(header::REFERER),
+            field(header::USER_AGENT),
+            std::time::SystemTime::now(),
+        )
+    });
+    let mut resp = match route(&state, remote, req, &interim, tunnel.as_deref()).await {
         Ok(r) => r,
         Err((Refused(code, msg), method, url)) => {
             tracing::info!(%method, %url, status = code.as_u16(), reason = %msg, "refused");
@@ -415,6 +435,31 @@ async fn handle(
         }
     };
     resp.headers_mut().append(header::VIA, state.via.clone());
+    if let Some((method, url, version, referer, user_agent, time)) = asked {
+        let status = resp.status();
+        // A tunnel is logged when it closes, with its bytes (crate::connect).
+        if method == Method::CONNECT && status == StatusCode::OK {
+            return Ok(resp);
+        }
+        let line = LogLine {
+            format,
+            client: remote,
+            bodiless: method == Method::HEAD
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED,
+            method,
+            url,
+            version,
+            status: status.as_u16(),
+            cache: header_str(resp.headers(), "cache-status"),
+            length: larder_core::policy::content_length(resp.headers()),
+            start,
+            time,
+            referer,
+            user_agent,
+        };
+        resp = resp.map(|b| b.logged(Some(line)));
+    }
     Ok(resp)
 }
 
@@ -424,7 +469,6 @@ async fn route(
     state: &Arc<State>,
     remote: SocketAddr,
     req: Request<Incoming>,
-    start: Instant,
     interim: &Interim,
     tunnel: Option<&str>,
 ) -> Result<Response<ClientBody>, RouteError> {
@@ -603,25 +647,7 @@ async fn route(
                 .map_err(|r| refuse(r, &parts))?,
         )
     };
-    let log_on = tracing::enabled!(tracing::Level::INFO);
-    let (method, url) = (
-        parts.method.clone(),
-        if log_on {
-            parts.uri.to_string()
-        } else {
-            String::new()
-        },
-    );
-    let log = |status: u16, cache: String, length: Option<u64>| {
-        log_on.then(|| LogLine {
-            method: method.clone(),
-            url: url.clone(),
-            status,
-            cache,
-            start,
-            length,
-        })
-    };
+    let (method, url) = (parts.method.clone(), parts.uri.to_string());
     let version = parts.version;
     let route = if from_peer {
         Route::Local
@@ -634,7 +660,7 @@ async fn route(
             body,
             outcome,
             collapsed,
-        } => return Ok(respond(state, head, body, (outcome, collapsed), None, &log)),
+        } => return Ok(respond(state, head, body, (outcome, collapsed), None)),
         Begin::Pending { id, rx, first } => (id, rx, first),
     };
     let mut pending = Pending(Some((state.driver.clone(), id)));
@@ -670,7 +696,6 @@ async fn route(
                     ResponseBody::Stream,
                     (outcome, collapsed),
                     Some((rx, guard)),
-                    &log,
                 ));
             }
             ClientEvent::Respond {
@@ -681,7 +706,7 @@ async fn route(
             } => {
                 // Complete responses leave the engine's books at once: nothing to release.
                 pending.0 = None;
-                return Ok(respond(state, head, body, (outcome, collapsed), None, &log));
+                return Ok(respond(state, head, body, (outcome, collapsed), None));
             }
             ClientEvent::Interim(head) => {
                 interim.send(&head);
@@ -728,7 +753,6 @@ async fn route(
                             Response::from_parts(parts, body),
                             None,
                             state.settings.idle_timeout,
-                            &log,
                         ));
                     }
                     // Every better peer failed: serve it here (the engine still coalesces).
@@ -765,7 +789,6 @@ async fn route(
                             resp,
                             Some(status.to_header_value()),
                             state.settings.idle_timeout,
-                            &log,
                         ))
                     }
                     Err(OriginError::NotAllowed(why)) => {
@@ -853,15 +876,9 @@ fn respond(
     body: ResponseBody,
     (outcome, collapsed): (Outcome, bool),
     stream: Option<Streaming>,
-    log: &impl Fn(u16, String, Option<u64>) -> Option<LogLine>,
 ) -> Response<ClientBody> {
     // The upstream's protocol version is hop-by-hop; hyper speaks for us.
     head.version = http::Version::HTTP_11;
-    let cache = head
-        .headers
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
     state.metrics.count(outcome, collapsed);
     let b = match (body, stream) {
         (ResponseBody::Empty, _) => ClientBody::empty(),
@@ -878,15 +895,9 @@ fn respond(
         // The driver turns stored bodies into `Full` (memory) or `Stream` (disk).
         (ResponseBody::Stored(_), _) => ClientBody::empty(),
     };
-    let length = if head.status == StatusCode::NOT_MODIFIED {
-        Some(0)
-    } else {
-        larder_core::policy::content_length(&head.headers)
-    };
-    let line = log(head.status.as_u16(), cache.to_owned(), length);
     let mut head = head;
     crate::reason::from_core(&mut head);
-    Response::from_parts(head, b.logged(line))
+    Response::from_parts(head, b)
 }
 
 /// Relays an upstream (origin or peer) response as it streams.
@@ -894,7 +905,6 @@ fn relay<B>(
     resp: Response<B>,
     cache_status: Option<HeaderValue>,
     idle: Duration,
-    log: &impl Fn(u16, String, Option<u64>) -> Option<LogLine>,
 ) -> Response<ClientBody>
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
@@ -906,13 +916,7 @@ where
     if let Some(cs) = cache_status {
         head.headers.insert("cache-status", cs);
     }
-    let cache = header_str(&head.headers, "cache-status");
-    let line = log(
-        head.status.as_u16(),
-        cache,
-        larder_core::policy::content_length(&head.headers),
-    );
-    let body = ClientBody::relay(body.map_err(Into::into).boxed(), idle).logged(line);
+    let body = ClientBody::relay(body.map_err(Into::into).boxed(), idle);
     Response::from_parts(head, body)
 }
 

@@ -35,13 +35,6 @@ fn main() {
 }
 
 async fn run() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LARDER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_target(false)
-        .init();
     let args = larder_peer::Args::parse();
     let command = args.command.clone();
     let settings = match args.resolve() {
@@ -51,6 +44,19 @@ async fn run() {
             std::process::exit(2);
         }
     };
+    // Diagnostics on standard error (the access log has standard output), coloured only
+    // for a terminal.
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level).unwrap_or_else(|e| {
+        eprintln!("larder: bad --log-level {:?}: {e}", settings.log_level);
+        std::process::exit(2);
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     if command == Some(larder_peer::config::Command::CaCert) {
         match larder_peer::intercept::Authority::load_or_create(&settings.data_dir) {
             Ok(ca) => print!("{}", ca.ca_pem()),
