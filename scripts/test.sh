@@ -51,3 +51,6 @@ fi
 echo "== tests"
 cargo test -p larder-spin --lib
 cargo test --workspace --exclude larder-spin
+
+echo "== packaging (systemd unit, manifests, Dockerfile, --version, completions, man page)"
+./packaging/check.sh

@@ -26,7 +26,14 @@ async fn miss_then_hit_through_the_forward_door() {
     assert!(b.is_hit(), "{}", b.cache_status());
     assert_eq!(b.text(), "hello");
     assert!(b.header("age").is_some());
-    assert!(b.header("via").unwrap().contains("larder"));
+    // RFC 9110 §7.6.3: received-by is host:port (a pseudonym or URL would not be).
+    assert_eq!(b.header("via"), Some(format!("1.1 {}", p.addr).as_str()));
+    let seen = &origin.seen()[0];
+    assert_eq!(
+        seen.headers.get("via").unwrap(),
+        format!("1.1 {}", p.addr).as_str(),
+        "the origin sees the same hop"
+    );
     assert_eq!(origin.hits(), 1);
 }
 
@@ -712,4 +719,30 @@ async fn a_late_joiner_with_another_variant_gets_its_own() {
     assert_eq!(en.body.as_ref(), "en".repeat(20_000).as_bytes());
     assert_eq!(de.body.as_ref(), "de".repeat(20_000).as_bytes());
     assert_eq!(origin.hits(), 2);
+}
+
+/// A request whose `Via` already names this peer (host:port, as it writes it) looped: 508.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_passed_here_before_is_a_loop() {
+    let origin = Origin::start(|_, _| fresh("x")).await;
+    let nodes = larder_tests::cluster(1, |_| {}).await;
+    let me = nodes[0].addr;
+    let r = send(
+        me,
+        "GET",
+        &origin.url("/l"),
+        &[("via", &format!("1.1 proxy.example:80, 1.1 {me} (larder)"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 508, "{}", r.text());
+    let r = send(
+        me,
+        "GET",
+        &origin.url("/l"),
+        &[("via", "1.1 other.example:3128")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
 }

@@ -10,9 +10,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A distributed forward caching HTTP proxy.
+/// Larder: a caching HTTP proxy. One peer or a cluster shares one cache; every GET and
+/// HEAD is answered from it or fetched from the origin once, as HTTP's caching rules allow.
 #[derive(Parser, Debug, Default, Clone)]
-#[command(name = "larder", version, about)]
+#[command(
+    name = "larder",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LARDER_GIT_COMMIT"), ")"),
+    after_help = EXAMPLES
+)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -168,12 +173,30 @@ pub struct Args {
     pub proxy_path: Option<String>,
 }
 
+const EXAMPLES: &str = "Examples:
+  larder                                   a forward proxy on 127.0.0.1:3128, in memory
+  curl -x http://127.0.0.1:3128 http://example.com/
+  larder --allow 10.0.0.0/8 --listen 0.0.0.0:3128 --disk-dir /var/cache/larder
+  larder --mirror /debian=http://deb.debian.org/debian --preset debian
+  larder --intercept --preset pypi,npm && larder ca-cert > larder-ca.pem
+  larder --self http://10.0.0.1:3128 --peers http://10.0.0.1:3128,http://10.0.0.2:3128
+  larder --config /etc/larder/larder.toml
+
+Every flag is also a LARDER_* environment variable and a key of the --config file.";
+
 /// What `larder` does besides serving.
 #[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Print the interception CA certificate (PEM), making it first if there is none, for
     /// clients to trust: `larder ca-cert > larder-ca.pem`.
     CaCert,
+    /// Print a shell completion script: `larder completions bash > /etc/bash_completion.d/larder`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `larder man > /usr/local/share/man/man1/larder.1`.
+    Man,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -700,6 +723,70 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(e.contains("gentoo") && e.contains("known"), "{e}");
+    }
+
+    /// `packaging/larder.toml` names every key the file takes, and parses to the defaults.
+    #[test]
+    fn the_sample_config_is_complete_and_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/larder.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let fields = [
+            "mirror",
+            "rule",
+            "preset",
+            "listen",
+            "passthrough",
+            "memory",
+            "disk-dir",
+            "disk-size",
+            "disk-clean-to",
+            "max-object-size",
+            "min-ttl",
+            "private",
+            "serve-stale-on-error",
+            "targeted-cache-control",
+            "ring",
+            "segment-size",
+            "segment-read-ahead",
+            "segment-unvalidated",
+            "hot-memory",
+            "hot-after",
+            "self",
+            "peers",
+            "peer-secret",
+            "peer-timeout",
+            "allow",
+            "allow-destination",
+            "purge-allow",
+            "ca-file",
+            "connect-port",
+            "connect-allow",
+            "intercept",
+            "intercept-host",
+            "data-dir",
+            "connect-timeout",
+            "first-byte-timeout",
+            "idle-timeout",
+            "proxy-path",
+            "log-format",
+            "log-level",
+        ];
+        for f in fields {
+            let named = text.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ', '[']);
+                l.starts_with(&format!("{f} =")) || l.starts_with(&format!("{f}]]"))
+            });
+            assert!(named, "packaging/larder.toml does not show `{f}`");
+        }
+        let s = Args {
+            config: Some(PathBuf::from(path)),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let d = Settings::default();
+        assert_eq!((s.listen, s.engine.memory), (d.listen, d.engine.memory));
+        assert_eq!(s.connect_ports, d.connect_ports);
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub async fn connect(
             return Err(refuse(StatusCode::BAD_REQUEST, why));
         }
     };
-    let s = &state.settings;
+    let s = state.live();
     let listed = s
         .connect_allow
         .iter()
@@ -89,10 +89,7 @@ pub async fn connect(
         );
         return Err(refuse(StatusCode::FORBIDDEN, why));
     }
-    let intercept = state
-        .intercept
-        .clone()
-        .filter(|_| s.intercept.matches(&host));
+    let intercept = s.ca.clone().filter(|_| s.intercept.matches(&host));
     // A tunnel that may be relayed is connected first, so a failure is a clear 502/403
     // rather than a tunnel that closes. One to be intercepted needs no connection of its own.
     let upstream = match &intercept {
@@ -100,7 +97,7 @@ pub async fn connect(
         None => Some(
             state
                 .guard
-                .connect(&host, port, s.connect_timeout)
+                .connect(&host, port, state.settings.connect_timeout)
                 .await
                 .map_err(|e| {
                     let kind = crate::failure::classify(&*e);
@@ -217,7 +214,7 @@ async fn relay(
         duration: start.elapsed(),
         complete: true,
     };
-    crate::access::write(state.settings.log_format, &entry);
+    crate::access::write(state.live().log_format, &entry);
     tracing::debug!(%target, up, down, "tunnel closed");
 }
 

@@ -951,6 +951,18 @@ impl Driver {
     pub fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
         f(&self.lock().engine)
     }
+
+    /// The engine's policy and passthrough replaced (a live reload); nothing stored is lost.
+    pub fn reconfigure(
+        &self,
+        policy: larder_core::policy::PolicyConfig,
+        passthrough: Vec<String>,
+    ) -> Result<(), String> {
+        self.lock()
+            .engine
+            .reconfigure(policy, passthrough)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// A 500 for a body the index promised and the tier does not hold (never a short body).

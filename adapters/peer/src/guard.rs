@@ -17,12 +17,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// Destinations origin traffic may reach.
-#[derive(Debug, Clone, Default)]
+/// Destinations origin traffic may reach; replaced whole on a live reload.
+#[derive(Debug, Default)]
 pub struct Guard {
+    rules: std::sync::RwLock<Arc<Destinations>>,
+}
+
+/// What the guard lets through besides public addresses.
+#[derive(Debug, Clone, Default)]
+pub struct Destinations {
     /// Ranges opened again (`--allow-destination`).
     pub allow: Vec<IpNet>,
-    /// `host:port` authorities configured by the operator (the mirror), always allowed.
+    /// `host:port` authorities configured by the operator (the mirrors), always allowed.
     pub trusted: Vec<(String, u16)>,
 }
 
@@ -105,14 +111,30 @@ fn kind(ip: IpAddr) -> Option<&'static str> {
 }
 
 impl Guard {
+    pub fn new(rules: Destinations) -> Guard {
+        Guard {
+            rules: std::sync::RwLock::new(Arc::new(rules)),
+        }
+    }
+
+    /// Replaces what is let through (connections under way are not affected).
+    pub fn set(&self, rules: Destinations) {
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+    }
+
+    fn rules(&self) -> Arc<Destinations> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Whether a connection to `ip` may be made.
     pub fn permits(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        kind(ip).is_none() || self.allow.iter().any(|n| n.contains(&ip))
+        kind(ip).is_none() || self.rules().allow.iter().any(|n| n.contains(&ip))
     }
 
     fn trusts(&self, host: &str, port: u16) -> bool {
-        self.trusted
+        self.rules()
+            .trusted
             .iter()
             .any(|(h, p)| *p == port && h.eq_ignore_ascii_case(host))
     }
@@ -259,10 +281,10 @@ mod tests {
 
     #[test]
     fn allow_destination_opens_ranges_again() {
-        let g = Guard {
+        let g = Guard::new(Destinations {
             allow: vec!["127.0.0.0/8".parse().unwrap()],
             trusted: Vec::new(),
-        };
+        });
         assert!(g.permits(ip("127.0.0.1")));
         assert!(g.permits(ip("::ffff:127.0.0.2")), "mapped addresses too");
         assert!(!g.permits(ip("::1")));
@@ -289,10 +311,10 @@ mod tests {
 
     #[tokio::test]
     async fn trusted_authorities_pass() {
-        let g = Guard {
+        let g = Guard::new(Destinations {
             allow: Vec::new(),
             trusted: vec![("127.0.0.1".into(), 8080)],
-        };
+        });
         assert!(g.resolve("127.0.0.1", 8080).await.is_ok());
         assert!(g.resolve("127.0.0.1", 8081).await.is_err());
     }

@@ -53,12 +53,87 @@ pub struct State {
     /// Where origin connections (and CONNECT tunnels) may go.
     pub guard: Arc<Guard>,
     pub id: String,
-    /// `Via: 1.1 <id>`, made once.
+    /// `Via: 1.1 <received_by>`, made once.
     pub via: HeaderValue,
+    /// This peer in `Via` (host:port), which also tells a request that looped.
+    pub received_by: String,
     /// Peer signatures seen within their window: each is admitted once.
     pub replay: std::sync::Mutex<larder_core::hop::ReplayGuard>,
+    /// What a live reload can change.
+    live: std::sync::RwLock<Arc<Live>>,
+}
+
+/// The settings a live reload (SIGHUP) replaces while connections and the cache stay:
+/// who may use the proxy, the mirrors, tunnels and interception, the access log, the peers.
+/// (Freshness rules, passthrough and the destination guard are replaced in the engine and
+/// the guard themselves.)
+pub struct Live {
+    pub allow: Vec<ipnet::IpNet>,
+    pub purge_allow: Vec<ipnet::IpNet>,
+    pub mirrors: Vec<larder_core::door::Mirror>,
+    pub connect_ports: Vec<u16>,
+    pub connect_allow: Vec<String>,
+    pub intercept: crate::intercept::Targets,
     /// The CA for intercepted tunnels (when any are to be intercepted).
-    pub intercept: Option<Arc<crate::intercept::Authority>>,
+    pub ca: Option<Arc<crate::intercept::Authority>>,
+    pub log_format: crate::access::Format,
+    pub peers: Vec<String>,
+}
+
+impl Live {
+    fn of(s: &Settings, ca: Option<Arc<crate::intercept::Authority>>) -> Live {
+        Live {
+            allow: s.allow.clone(),
+            purge_allow: s.purge_allow.clone(),
+            mirrors: s.mirrors.clone(),
+            connect_ports: s.connect_ports.clone(),
+            connect_allow: s.connect_allow.clone(),
+            intercept: s.intercept.clone(),
+            ca,
+            log_format: s.log_format,
+            peers: s.peers.clone(),
+        }
+    }
+}
+
+impl State {
+    /// The settings in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The origins the guard lets through besides public addresses: `--allow-destination`,
+/// and the mirrors (the operator's own upstreams, reachable wherever they are).
+fn destinations(settings: &Settings) -> crate::guard::Destinations {
+    let trusted = settings
+        .mirrors
+        .iter()
+        .filter_map(|m| {
+            let port = larder_core::key::port_or_default(m.base()).ok()?;
+            Some((m.base().host()?.to_owned(), port))
+        })
+        .collect();
+    crate::guard::Destinations {
+        allow: settings.allow_destination.clone(),
+        trusted,
+    }
+}
+
+/// The interception CA when `settings` intercept anything (`current` when already loaded).
+fn interception_ca(
+    settings: &Settings,
+    current: Option<Arc<crate::intercept::Authority>>,
+) -> Result<Option<Arc<crate::intercept::Authority>>, String> {
+    if !settings.intercept.any() {
+        return Ok(current);
+    }
+    if current.is_some() {
+        return Ok(current);
+    }
+    let ca = crate::intercept::Authority::load_or_create(&settings.data_dir)
+        .map_err(|e| format!("interception CA in {}: {e}", settings.data_dir.display()))?;
+    Ok(Some(Arc::new(ca)))
 }
 
 /// A running peer.
@@ -70,6 +145,54 @@ pub struct Running {
 }
 
 impl Running {
+    /// A live reload: applies `new` (resolved from the same flags and the re-read config
+    /// file) without dropping the cache or open connections. Returns the settings that only
+    /// a restart changes, if any differ; refuses (changing nothing) a configuration it
+    /// cannot run.
+    pub fn reload(&self, new: &Settings) -> Result<Vec<&'static str>, String> {
+        let state = &self.state;
+        let old = state.live();
+        let ca = interception_ca(new, old.ca.clone())?;
+        state
+            .driver
+            .reconfigure(new.engine.policy.clone(), new.engine.passthrough.clone())?;
+        state.guard.set(destinations(new));
+        if new.peers != old.peers {
+            state.driver.input(larder_core::Input::PeersChanged {
+                peers: new.peers.clone(),
+            });
+        }
+        *state.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live::of(new, ca));
+        let s = &state.settings;
+        let fixed = [
+            ("listen", s.listen != new.listen),
+            ("self", s.self_url != new.self_url),
+            ("peer-secret", s.peer_secret != new.peer_secret),
+            ("memory", s.engine.memory != new.engine.memory),
+            ("hot-memory", s.engine.hot_memory != new.engine.hot_memory),
+            ("disk-dir", s.disk_dir != new.disk_dir),
+            ("disk-size", s.engine.disk != new.engine.disk),
+            (
+                "segment-size",
+                s.engine.segment_size != new.engine.segment_size,
+            ),
+            ("ring", s.engine.ring != new.engine.ring),
+            ("ca-file", s.ca_files != new.ca_files),
+            ("data-dir", s.data_dir != new.data_dir),
+            ("connect-timeout", s.connect_timeout != new.connect_timeout),
+            (
+                "first-byte-timeout",
+                s.first_byte_timeout != new.first_byte_timeout,
+            ),
+            ("idle-timeout", s.idle_timeout != new.idle_timeout),
+            ("proxy-path", s.proxy_path != new.proxy_path),
+        ];
+        Ok(fixed
+            .into_iter()
+            .filter_map(|(name, changed)| changed.then_some(name))
+            .collect())
+    }
+
     /// Stops accepting, lets in-flight responses finish (up to `grace`), then returns.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
@@ -92,25 +215,21 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
         .self_url
         .clone()
         .unwrap_or_else(|| format!("larder@{addr}"));
-    // The mirror is the operator's own upstream: always reachable, wherever it is.
-    let trusted = settings
-        .mirrors
-        .iter()
-        .filter_map(|m| {
-            let port = larder_core::key::port_or_default(m.base()).ok()?;
-            Some((m.base().host()?.to_owned(), port))
-        })
-        .collect();
-    let guard = Arc::new(Guard {
-        allow: settings.allow_destination.clone(),
-        trusted,
-    });
+    // RFC 9110 §7.6.3: `Via`'s received-by is host:port (a URL or `larder@...` is not one):
+    // this peer's authority as the others know it, else the address it listens on.
+    let received_by = settings
+        .self_url
+        .as_deref()
+        .and_then(|u| u.parse::<http::Uri>().ok())
+        .and_then(|u| u.authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_else(|| addr.to_string());
+    let guard = Arc::new(Guard::new(destinations(&settings)));
     let upstream = Upstream::with_guard(
         tls.clone(),
         settings.connect_timeout,
         settings.first_byte_timeout,
         settings.idle_timeout,
-        &id,
+        &received_by,
         Some(guard.clone()),
     );
     let peer_upstream = Upstream::new(
@@ -118,15 +237,9 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
         settings.connect_timeout,
         settings.first_byte_timeout,
         settings.idle_timeout,
-        &id,
+        &received_by,
     );
-    let intercept = if settings.intercept.any() {
-        let ca = crate::intercept::Authority::load_or_create(&settings.data_dir)
-            .map_err(|e| format!("interception CA in {}: {e}", settings.data_dir.display()))?;
-        Some(Arc::new(ca))
-    } else {
-        None
-    };
+    let intercept = interception_ca(&settings, None)?;
     let metrics = Arc::new(Metrics::new());
     let engine = larder_core::Engine::new(settings.engine.clone()).map_err(|e| e.to_string())?;
     let disk = match &settings.disk_dir {
@@ -150,17 +263,19 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
     });
     driver.attach_peers(peer_link.clone());
     metrics.peers_up.set(settings.peers.len() as i64);
+    let settings_copy = settings.clone();
     let state = Arc::new(State {
         settings,
         driver: driver.clone(),
         metrics,
         peer_link,
         guard,
-        via: HeaderValue::from_str(&format!("1.1 {id}"))
+        via: HeaderValue::from_str(&format!("1.1 {received_by}"))
             .unwrap_or(HeaderValue::from_static("1.1 larder")),
+        received_by,
         id,
         replay: std::sync::Mutex::new(larder_core::hop::ReplayGuard::new(REPLAY_CAPACITY)),
-        intercept,
+        live: std::sync::RwLock::new(Arc::new(Live::of(&settings_copy, intercept))),
     });
     let (tx, rx) = tokio::sync::watch::channel(false);
     let timers = tokio::spawn(driver.run_timers());
@@ -258,7 +373,7 @@ async fn probe_down_peers(state: Arc<State>) {
         state
             .metrics
             .peers_up
-            .set((state.settings.peers.len() - down.len().min(state.settings.peers.len())) as i64);
+            .set((state.live().peers.len().saturating_sub(down.len())) as i64);
         for peer in down {
             let req = Request::get(format!("{peer}/healthz"))
                 .body(crate::upstream::empty())
@@ -302,19 +417,21 @@ impl Drop for Pending {
 
 pub(crate) fn allowed(state: &State, remote: &SocketAddr) -> bool {
     let ip = crate::guard::canonical(remote.ip());
-    if state.settings.allow.is_empty() {
+    let live = state.live();
+    if live.allow.is_empty() {
         ip.is_loopback()
     } else {
-        state.settings.allow.iter().any(|n| n.contains(&ip))
+        live.allow.iter().any(|n| n.contains(&ip))
     }
 }
 
 fn purge_allowed(state: &State, remote: &SocketAddr) -> bool {
     let ip = crate::guard::canonical(remote.ip());
-    if state.settings.purge_allow.is_empty() {
+    let live = state.live();
+    if live.purge_allow.is_empty() {
         ip.is_loopback()
     } else {
-        state.settings.purge_allow.iter().any(|n| n.contains(&ip))
+        live.purge_allow.iter().any(|n| n.contains(&ip))
     }
 }
 
@@ -401,7 +518,7 @@ async fn handle(
     tunnel: Option<Arc<str>>,
 ) -> Result<Response<ClientBody>, Infallible> {
     let start = Instant::now();
-    let format = state.settings.log_format;
+    let format = state.live().log_format;
     let asked = (format != crate::access::Format::Off).then(|| {
         let field = |n: header::HeaderName| {
             req.headers()
@@ -536,13 +653,16 @@ async fn route(
             _ => {}
         }
     }
-    if let Some(me) = &state.settings.self_url {
+    if state.settings.self_url.is_some() {
+        let me = &state.received_by;
+        // `1.1 host:port (comment)`: the second word of any element names a hop.
         let looped = parts
             .headers
             .get_all(header::VIA)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|h| h.trim().ends_with(me.as_str())));
+            .flat_map(|v| v.split(','))
+            .any(|h| h.split_whitespace().nth(1) == Some(me.as_str()));
         if looped {
             return Err(refuse(
                 Refused(
@@ -554,7 +674,7 @@ async fn route(
         }
     }
     let (target, door) =
-        door::resolve_in(&parts, &state.settings.mirrors, &state.settings.proxy_path)
+        door::resolve_in(&parts, &state.live().mirrors, &state.settings.proxy_path)
             .map_err(|r| refuse(r, &parts))?;
     let from_peer = parts.headers.contains_key(larder_core::hop::HOP);
     if from_peer {

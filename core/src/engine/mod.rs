@@ -308,14 +308,7 @@ impl Engine {
     /// An empty engine; fails on a configuration it cannot run (a bad passthrough regex,
     /// a zero segment size) rather than misbehaving later.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
-        let passthrough = config
-            .passthrough
-            .iter()
-            .map(|p| {
-                regex_lite::Regex::new(p)
-                    .map_err(|e| ConfigError(format!("passthrough {p:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let passthrough = compile_passthrough(&config.passthrough)?;
         if config.segment_size == Some(0) {
             return Err(ConfigError("segment size must be positive".into()));
         }
@@ -356,6 +349,22 @@ impl Engine {
             next_assembly: 0,
             now: SystemTime::UNIX_EPOCH,
         })
+    }
+
+    /// Applies a new storage policy (freshness rules, minimum TTL, private mode, stale
+    /// limits ...) and passthrough patterns to what comes next, keeping everything stored:
+    /// the operator's live reload. Entries already stored keep the lifetime they were given.
+    /// Memory, disk and segment sizes are fixed for an engine's life.
+    pub fn reconfigure(
+        &mut self,
+        policy: crate::policy::PolicyConfig,
+        passthrough: Vec<String>,
+    ) -> Result<(), ConfigError> {
+        self.passthrough = compile_passthrough(&passthrough)?;
+        self.config.passthrough = passthrough;
+        self.policy = Policy::new(policy.clone());
+        self.config.policy = policy;
+        Ok(())
     }
 
     /// The configuration in force (`peers` follows `Input::PeersChanged`).
@@ -2311,6 +2320,15 @@ fn resolve_same_origin(base: &CacheKey, reference: &str) -> Option<CacheKey> {
 }
 
 /// The sentence an error body gives for a `Cache-Status` detail token.
+fn compile_passthrough(patterns: &[String]) -> Result<Vec<regex_lite::Regex>, ConfigError> {
+    patterns
+        .iter()
+        .map(|p| {
+            regex_lite::Regex::new(p).map_err(|e| ConfigError(format!("passthrough {p:?}: {e}")))
+        })
+        .collect()
+}
+
 fn explain(detail: &str) -> &'static str {
     if let Some(e) = UpstreamError::ALL.iter().find(|e| e.as_str() == detail) {
         return e.explain();

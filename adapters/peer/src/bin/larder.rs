@@ -37,6 +37,33 @@ fn main() {
 async fn run() {
     let args = larder_peer::Args::parse();
     let command = args.command.clone();
+    match &command {
+        Some(larder_peer::config::Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut cmd = larder_peer::Args::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "larder", &mut script);
+            // A reader that stops early (`| head`) is not an error.
+            let _ = std::io::stdout().write_all(&script);
+            return;
+        }
+        Some(larder_peer::config::Command::Man) => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let man = clap_mangen::Man::new(larder_peer::Args::command());
+            let mut page = Vec::new();
+            if let Err(e) = man.render(&mut page) {
+                eprintln!("larder: {e}");
+                std::process::exit(1);
+            }
+            let _ = std::io::stdout().write_all(&page);
+            return;
+        }
+        _ => {}
+    }
+    // Kept to resolve again on a live reload (the config file is re-read).
+    let flags = args.clone();
     let settings = match args.resolve() {
         Ok(s) => s,
         Err(e) => {
@@ -51,11 +78,17 @@ async fn run() {
         eprintln!("larder: bad --log-level {:?}: {e}", settings.log_level);
         std::process::exit(2);
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, log_level) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .init();
     if command == Some(larder_peer::config::Command::CaCert) {
         match larder_peer::intercept::Authority::load_or_create(&settings.data_dir) {
@@ -123,9 +156,57 @@ async fn run() {
         "larder ready: {mode} (try: curl -x http://{} http://example.com/)",
         running.addr
     );
+    #[cfg(unix)]
+    {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .expect("SIGHUP handler");
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = hup.recv() => reload(&flags, &running, &log_level),
+            }
+        }
+    }
+    #[cfg(not(unix))]
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight responses");
     running.shutdown(Duration::from_secs(30)).await;
+}
+
+/// SIGHUP: the flags resolved again with the config file re-read; applied whole, or refused
+/// whole with the running configuration kept.
+fn reload<S>(
+    flags: &larder_peer::Args,
+    running: &larder_peer::Running,
+    log_level: &tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) {
+    let refused = |why: String| {
+        tracing::error!("reload refused, the running configuration stays: {why}");
+    };
+    let new = match flags.clone().resolve() {
+        Ok(s) => s,
+        Err(e) => return refused(e),
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&new.log_level) {
+        Ok(f) => f,
+        Err(e) => return refused(format!("bad log-level {:?}: {e}", new.log_level)),
+    };
+    match running.reload(&new) {
+        Ok(fixed) => {
+            let _ = log_level.reload(filter);
+            tracing::info!(
+                rules = new.engine.policy.rules.len(),
+                peers = new.peers.len(),
+                "reloaded: peers, allow-lists, destinations, mirrors, tunnels, freshness rules, passthrough and log settings"
+            );
+            for name in fixed {
+                tracing::warn!("{name} changed: it takes effect at the next restart");
+            }
+        }
+        Err(e) => refused(e),
+    }
 }
 
 fn crate_roots(s: &larder_peer::Settings) -> Result<larder_peer::tls::Roots, String> {
