@@ -4,10 +4,23 @@
 //!
 //! `combined` is NCSA's combined format, which log tools ingest, with Larder's fields
 //! appended as `key="value"`; `json` is one object per line.
+//!
+//! Off the hot path: a request formats its line into a per-thread buffer and appends it to
+//! a shared one; a writer thread empties that into standard output, so no request waits on
+//! a write, however slow the log's reader. Past [`BUFFERED_MAX`] unwritten bytes (a reader
+//! that stopped), lines are dropped and counted rather than memory growing.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
+
+/// Unwritten access-log bytes kept at most.
+pub const BUFFERED_MAX: usize = 8 << 20;
+/// The writer wakes at least this often (and at once past [`WAKE_AT`] bytes).
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const WAKE_AT: usize = 64 << 10;
 
 /// How access lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,30 +67,43 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// The line, without its newline.
     pub fn render(&self, format: Format) -> String {
+        let mut out = String::new();
+        self.render_into(format, &mut out);
+        out
+    }
+
+    /// Appends the line (without its newline) to `out`.
+    pub fn render_into(&self, format: Format, out: &mut String) {
         match format {
-            Format::Combined => self.combined(),
-            Format::Json => self.json(),
-            Format::Off => String::new(),
+            Format::Combined => self.combined(out),
+            Format::Json => out.push_str(&self.json()),
+            Format::Off => {}
         }
     }
 
-    fn combined(&self) -> String {
-        let quoted = |v: Option<&str>| v.map_or_else(|| "-".to_owned(), escape);
-        format!(
-            "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" cache=\"{}\" ms={} complete={}",
-            self.client.ip(),
-            clf_time(self.time),
-            escape(self.method),
-            escape(self.url),
-            self.version,
-            self.status,
-            self.bytes,
-            quoted(self.referer),
-            quoted(self.user_agent),
-            escape(self.cache),
+    fn combined(&self, out: &mut String) {
+        let _ = write!(out, "{} - - [", self.client.ip());
+        clf_time(self.time, out);
+        out.push_str("] \"");
+        escape(self.method, out);
+        out.push(' ');
+        escape(self.url, out);
+        let _ = write!(
+            out,
+            " {:?}\" {} {} \"",
+            self.version, self.status, self.bytes
+        );
+        quoted(self.referer, out);
+        out.push_str("\" \"");
+        quoted(self.user_agent, out);
+        out.push_str("\" cache=\"");
+        escape(self.cache, out);
+        let _ = write!(
+            out,
+            "\" ms={} complete={}",
             self.duration.as_millis(),
             self.complete
-        )
+        );
     }
 
     fn json(&self) -> String {
@@ -104,33 +130,111 @@ impl Entry<'_> {
     }
 }
 
-/// Writes `entry` as one line in `format` (nothing when off).
+/// The lines not yet written, and lines dropped because they could not be.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    dropped: u64,
+}
+
+struct Sink {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+fn sink() -> &'static Sink {
+    static SINK: OnceLock<Sink> = OnceLock::new();
+    SINK.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("larder-access-log".into())
+            .spawn(writer)
+            .expect("access log thread");
+        Sink {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+        }
+    })
+}
+
+/// Empties the shared buffer into standard output, whole lines at a time.
+fn writer() {
+    let s = sink();
+    let mut out = Vec::new();
+    loop {
+        let dropped = {
+            let mut p = s.pending.lock().unwrap_or_else(|e| e.into_inner());
+            while p.bytes.is_empty() && p.dropped == 0 {
+                p = s
+                    .wake
+                    .wait_timeout(p, FLUSH_EVERY)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            std::mem::swap(&mut out, &mut p.bytes);
+            std::mem::take(&mut p.dropped)
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(&out);
+        if dropped > 0 {
+            let _ = writeln!(
+                stdout,
+                "# larder: {dropped} access log lines dropped (output blocked)"
+            );
+        }
+        let _ = stdout.flush();
+        out.clear();
+    }
+}
+
+thread_local! {
+    static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Logs `entry` as one line in `format` (nothing when off), without waiting on the output.
 pub fn write(format: Format, entry: &Entry<'_>) {
     if format == Format::Off {
         return;
     }
-    let mut line = entry.render(format);
-    line.push('\n');
-    // One write per line: lines from concurrent requests never interleave.
-    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    LINE.with_borrow_mut(|line| {
+        line.clear();
+        entry.render_into(format, line);
+        line.push('\n');
+        let s = sink();
+        let mut p = s.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.bytes.len() + line.len() > BUFFERED_MAX {
+            p.dropped += 1;
+            return;
+        }
+        p.bytes.extend_from_slice(line.as_bytes());
+        if p.bytes.len() >= WAKE_AT {
+            s.wake.notify_one();
+        }
+    });
+}
+
+fn quoted(v: Option<&str>, out: &mut String) {
+    match v {
+        Some(v) => escape(v, out),
+        None => out.push('-'),
+    }
 }
 
 /// Quotes and control bytes escaped, so a hostile URL or User-Agent cannot forge a line.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+fn escape(s: &str, out: &mut String) {
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
             c => out.push(c),
         }
     }
-    out
 }
 
 /// `10/Oct/2000:13:55:36 +0000`.
-fn clf_time(t: SystemTime) -> String {
+fn clf_time(t: SystemTime, out: &mut String) {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
@@ -140,7 +244,8 @@ fn clf_time(t: SystemTime) -> String {
         .as_secs() as i64;
     let d =
         time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
+    let _ = write!(
+        out,
         "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
         d.day(),
         MONTHS[usize::from(u8::from(d.month())) - 1],
@@ -148,7 +253,7 @@ fn clf_time(t: SystemTime) -> String {
         d.hour(),
         d.minute(),
         d.second()
-    )
+    );
 }
 
 #[cfg(test)]
