@@ -35,7 +35,7 @@ echo "== Spin component (wasm32-wasip2)"
 cargo build -p larder-spin --target wasm32-wasip2 --profile component
 ls -l target/wasm32-wasip2/component/larder_spin.wasm
 
-echo "== real clients the tests drive (curl, pip, npm, apt-get, dpkg-deb, undici)"
+echo "== real clients the tests drive (curl, pip, npm, apt-get, dpkg-deb, undici, prometheus-client)"
 need=()
 command -v curl >/dev/null || need+=(curl)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
@@ -45,6 +45,10 @@ command -v dpkg-deb >/dev/null || need+=(dpkg)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The Prometheus project's own OpenMetrics parser reads /metrics in the tests.
+python3 -c 'import prometheus_client' 2>/dev/null \
+  || python3 -m pip install --quiet prometheus-client 2>/dev/null \
+  || python3 -m pip install --quiet --break-system-packages prometheus-client
 [ -d tests/clients/node_modules/undici ] \
   || npm install --prefix tests/clients --no-audit --no-fund --no-package-lock >/dev/null
 

@@ -47,6 +47,8 @@ const FRAME_MAX: usize = 64 * 1024;
 
 pub struct ClientBody {
     kind: Kind,
+    /// Observes the response's duration when it ends.
+    timing: Option<(Arc<crate::metrics::Metrics>, larder_core::Outcome, Instant)>,
     guard: Option<(Arc<Driver>, ClientId)>,
     log: Option<LogLine>,
     bytes: u64,
@@ -71,6 +73,7 @@ impl ClientBody {
     fn of(kind: Kind) -> Self {
         ClientBody {
             kind,
+            timing: None,
             guard: None,
             log: None,
             bytes: 0,
@@ -82,6 +85,17 @@ impl ClientBody {
         self.guard = Some((driver, id));
         self
     }
+    /// Observes the time to the end of the body as `outcome`'s duration.
+    pub fn timed(
+        mut self,
+        metrics: Arc<crate::metrics::Metrics>,
+        outcome: larder_core::Outcome,
+        start: Instant,
+    ) -> Self {
+        self.timing = Some((metrics, outcome, start));
+        self
+    }
+
     pub fn logged(mut self, line: Option<LogLine>) -> Self {
         self.log = line;
         self
@@ -92,6 +106,9 @@ impl Drop for ClientBody {
     fn drop(&mut self) {
         if let Some((driver, id)) = self.guard.take() {
             driver.release(id);
+        }
+        if let Some((metrics, outcome, start)) = self.timing.take() {
+            metrics.finished(outcome, start.elapsed());
         }
         if let Some(l) = self.log.take() {
             let entry = crate::access::Entry {

@@ -877,6 +877,13 @@ impl Driver {
         stored: StoredBody,
         (outcome, collapsed): (Outcome, bool),
     ) {
+        if outcome.from_store() {
+            let tier = match stored.tier {
+                Tier::Memory => &self.metrics.hits_memory,
+                _ => &self.metrics.hits_disk,
+            };
+            tier.inc();
+        }
         if stored.tier == Tier::Memory {
             let event = match inner.memory.read(&stored) {
                 Some(b) => ClientEvent::Respond {

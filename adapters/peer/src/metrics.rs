@@ -5,7 +5,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 
 type Labels = Vec<(&'static str, &'static str)>;
 
@@ -31,8 +32,46 @@ impl ByOutcome {
     }
 }
 
+/// Latency buckets: 0.25 ms to about 4 minutes, doubling.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 21))
+}
+
+/// One histogram per outcome in one family, made once.
+struct LatencyByOutcome {
+    family: Family<Labels, Histogram, fn() -> Histogram>,
+    each: Vec<Histogram>,
+}
+
+impl LatencyByOutcome {
+    fn new() -> Self {
+        let family: Family<Labels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency);
+        let each = Outcome::ALL
+            .iter()
+            .map(|o| family.get_or_create(&vec![("outcome", o.as_str())]).clone())
+            .collect();
+        LatencyByOutcome { family, each }
+    }
+
+    fn observe(&self, outcome: Outcome, d: std::time::Duration) {
+        let i = Outcome::ALL.iter().position(|o| *o == outcome);
+        self.each[i.unwrap_or(Outcome::ALL.len() - 1)].observe(d.as_secs_f64());
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// `larder_responses_total{code}`: responses by status class.
+    by_class: [Counter; 5],
+    /// Time to the response head, and to its end, by outcome.
+    first_byte: LatencyByOutcome,
+    duration: LatencyByOutcome,
+    /// Time an origin took to send a response head.
+    pub origin_first_byte: Histogram,
+    /// Hits served from each tier (`larder_hits_total{tier}`).
+    pub hits_memory: Counter,
+    pub hits_disk: Counter,
     /// `larder_requests` by the engine's outcome.
     outcomes: ByOutcome,
     /// `larder_requests{outcome="forwarded"}`.
@@ -125,8 +164,20 @@ impl Metrics {
             .clone();
         let by_owner: Family<Labels, Counter> = Family::default();
         let forwarded_outcomes = ByOutcome::new(&by_owner);
+        let classes: Family<Labels, Counter> = Family::default();
+        let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|c| classes.get_or_create(&vec![("code", c)]).clone());
+        let hits: Family<Labels, Counter> = Family::default();
+        let hits_memory = hits.get_or_create(&vec![("tier", "memory")]).clone();
+        let hits_disk = hits.get_or_create(&vec![("tier", "disk")]).clone();
         let mut m = Metrics {
             registry: Registry::default(),
+            by_class,
+            first_byte: LatencyByOutcome::new(),
+            duration: LatencyByOutcome::new(),
+            origin_first_byte: latency(),
+            hits_memory,
+            hits_disk,
             outcomes,
             forwarded,
             forwarded_outcomes,
@@ -208,6 +259,34 @@ impl Metrics {
             "larder_engine_panics",
             "Panics caught while handling an input (answered with an error, state released)",
             m.engine_panics.clone(),
+        );
+        r.register(
+            "larder_responses",
+            "Responses to clients by status class",
+            classes,
+        );
+        r.register_with_unit(
+            "larder_response_first_byte",
+            "Time from a request's arrival to its response head, by cache outcome",
+            Unit::Seconds,
+            m.first_byte.family.clone(),
+        );
+        r.register_with_unit(
+            "larder_response_duration",
+            "Time from a request's arrival to the end of its response, by cache outcome",
+            Unit::Seconds,
+            m.duration.family.clone(),
+        );
+        r.register_with_unit(
+            "larder_origin_first_byte",
+            "Time an origin took to answer with a response head",
+            Unit::Seconds,
+            m.origin_first_byte.clone(),
+        );
+        r.register(
+            "larder_hits",
+            "Hits served, by the tier the body came from",
+            hits,
         );
         r.register(
             "larder_connect",
@@ -308,6 +387,18 @@ impl Metrics {
         if collapsed {
             self.coalesced.inc();
         }
+    }
+
+    /// Counts a response by its status class and the time to its head.
+    pub fn responded(&self, status: u16, outcome: Outcome, first_byte: std::time::Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+        self.first_byte.observe(outcome, first_byte);
+    }
+
+    /// The time a response took to its end.
+    pub fn finished(&self, outcome: Outcome, duration: std::time::Duration) {
+        self.duration.observe(outcome, duration);
     }
 
     /// Counts one request answered by its owner peer: `larder_requests{outcome="forwarded"}`

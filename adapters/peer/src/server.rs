@@ -542,7 +542,9 @@ async fn handle(
         Ok(r) => r,
         Err((Refused(code, msg), method, url)) => {
             tracing::info!(%method, %url, status = code.as_u16(), reason = %msg, "refused");
+            state.metrics.count(Outcome::Error, false);
             let mut r = text(code, &msg);
+            r.extensions_mut().insert(Outcome::Error);
             if code == StatusCode::METHOD_NOT_ALLOWED {
                 // RFC 9110 §15.5.6: a 405 says what is allowed.
                 r.headers_mut()
@@ -552,6 +554,13 @@ async fn handle(
         }
     };
     resp.headers_mut().append(header::VIA, state.via.clone());
+    if let Some(outcome) = resp.extensions().get::<Outcome>().copied() {
+        state
+            .metrics
+            .responded(resp.status().as_u16(), outcome, start.elapsed());
+        let metrics = state.metrics.clone();
+        resp = resp.map(|b| b.timed(metrics, outcome, start));
+    }
     if let Some((method, url, version, referer, user_agent, time)) = asked {
         let status = resp.status();
         // A tunnel is logged when it closes, with its bytes (crate::connect).
@@ -790,7 +799,6 @@ async fn route(
             None => match rx.recv().await {
                 Some(ev) => ev,
                 None => {
-                    state.metrics.count(Outcome::Error, false);
                     return Err((
                         Refused(
                             StatusCode::INTERNAL_SERVER_ERROR,
@@ -853,9 +861,8 @@ async fn route(
                 match got {
                     Some(resp) => {
                         // The owner counted how it served this; its Cache-Status says how.
-                        state
-                            .metrics
-                            .count_forwarded(Outcome::from_headers(resp.status(), resp.headers()));
+                        let owner = Outcome::from_headers(resp.status(), resp.headers());
+                        state.metrics.count_forwarded(owner);
                         // A GET of a representation that can be continued survives the owner
                         // dying mid-body (the rest comes from the next choice).
                         let (parts, body) = resp.into_parts();
@@ -869,11 +876,13 @@ async fn route(
                             }
                             None => body,
                         };
-                        return Ok(relay(
+                        let mut r = relay(
                             Response::from_parts(parts, body),
                             None,
                             state.settings.idle_timeout,
-                        ));
+                        );
+                        r.extensions_mut().insert(owner);
+                        return Ok(r);
                     }
                     // Every better peer failed: serve it here (the engine still coalesces).
                     None => state.driver.retry_local(id, head),
@@ -892,7 +901,14 @@ async fn route(
                 let up = &state.driver.upstream;
                 let mut req = Request::from_parts(head, b);
                 crate::interim::watch(&mut req, interim.relay(version));
+                let asked = Instant::now();
                 let sent = up.send_to_origin(req, up.first_byte).await;
+                if sent.is_ok() {
+                    state
+                        .metrics
+                        .origin_first_byte
+                        .observe(asked.elapsed().as_secs_f64());
+                }
                 return match sent {
                     Ok(resp) => {
                         // Unsafe methods invalidate once the answer is known to be a success.
@@ -904,33 +920,38 @@ async fn route(
                             .input(larder_core::Input::PassResponse { client: id, head });
                         // RFC 9211 fwd-status: what upstream answered (and how this counts).
                         status.fwd_status = Some(resp.status().as_u16());
-                        state.metrics.count(status.outcome(resp.status()), false);
-                        Ok(relay(
+                        let outcome = status.outcome(resp.status());
+                        state.metrics.count(outcome, false);
+                        let mut r = relay(
                             resp,
                             Some(status.to_header_value()),
                             state.settings.idle_timeout,
-                        ))
+                        );
+                        r.extensions_mut().insert(outcome);
+                        Ok(r)
                     }
                     Err(OriginError::NotAllowed(why)) => {
                         tracing::info!(%method, %url, "refused: {why}");
                         let status = status.with_detail(DESTINATION_NOT_ALLOWED);
-                        state
-                            .metrics
-                            .count(status.outcome(StatusCode::FORBIDDEN), false);
+                        let outcome = status.outcome(StatusCode::FORBIDDEN);
+                        state.metrics.count(outcome, false);
                         let mut r = text(StatusCode::FORBIDDEN, &why.to_string());
                         r.headers_mut()
                             .insert("cache-status", status.to_header_value());
+                        r.extensions_mut().insert(outcome);
                         Ok(r)
                     }
                     Err(OriginError::Failed(e)) => {
                         let kind = e.kind();
                         let code = kind.status();
                         tracing::warn!(%method, %url, detail = kind.as_str(), "origin failed: {e}");
-                        state.metrics.count(status.outcome(code), false);
+                        let outcome = status.outcome(code);
+                        state.metrics.count(outcome, false);
                         let status = status.with_detail(kind.as_str());
                         let mut r = text(code, &format!("{} ({e})", kind.explain()));
                         r.headers_mut()
                             .insert("cache-status", status.to_header_value());
+                        r.extensions_mut().insert(outcome);
                         Ok(r)
                     }
                 };
@@ -1017,6 +1038,7 @@ fn respond(
     };
     let mut head = head;
     crate::reason::from_core(&mut head);
+    head.extensions.insert(outcome);
     Response::from_parts(head, b)
 }
 

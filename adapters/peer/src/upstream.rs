@@ -250,8 +250,15 @@ pub async fn fetch(driver: Arc<Driver>, fid: FetchId, parts: request::Parts) {
     let mut req = Request::from_parts(parts, empty());
     crate::interim::watch(&mut req, to_engine(&driver, fid));
     let url = req.uri().to_string();
+    let asked = std::time::Instant::now();
     let resp = match up.send_to_origin(req, up.first_byte).await {
-        Ok(r) => r,
+        Ok(r) => {
+            driver
+                .metrics
+                .origin_first_byte
+                .observe(asked.elapsed().as_secs_f64());
+            r
+        }
         Err(e) => {
             let error = match e {
                 OriginError::Failed(e) => {
