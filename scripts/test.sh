@@ -35,13 +35,14 @@ echo "== Spin component (wasm32-wasip2)"
 cargo build -p larder-spin --target wasm32-wasip2 --profile component
 ls -l target/wasm32-wasip2/component/larder_spin.wasm
 
-echo "== real clients the tests drive (curl, pip, npm, apt-get, dpkg-deb, undici, prometheus-client)"
+echo "== real clients and services the tests drive (curl, pip, npm, apt-get, dpkg-deb, undici, prometheus-client, etcd)"
 need=()
 command -v curl >/dev/null || need+=(curl)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v npm >/dev/null || need+=(npm)
 command -v apt-get >/dev/null || need+=(apt)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v etcd >/dev/null || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

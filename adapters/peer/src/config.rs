@@ -109,6 +109,16 @@ pub struct Args {
     /// it out to run an entry point that forwards everything to the members.
     #[arg(long, env = "LARDER_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// etcd client URLs (comma-separated): membership from etcd instead of a static
+    /// --peers list; this peer registers its --self URL and watches the others.
+    #[arg(long, env = "LARDER_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The etcd key prefix members register under [default: /larder/peers/].
+    #[arg(long, env = "LARDER_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// How long a peer that died stays a member (its lease) [default: 10s].
+    #[arg(long, env = "LARDER_ETCD_TTL")]
+    pub etcd_ttl: Option<String>,
     /// Shared secret that authenticates peer-to-peer requests (HMAC-SHA256).
     #[arg(long, env = "LARDER_PEER_SECRET", hide_env_values = true)]
     pub peer_secret: Option<String>,
@@ -177,7 +187,7 @@ const EXAMPLES: &str = "Examples:
   larder                                   a forward proxy on 127.0.0.1:3128, in memory
   curl -x http://127.0.0.1:3128 http://example.com/
   larder --allow 10.0.0.0/8 --listen 0.0.0.0:3128 --disk-dir /var/cache/larder
-  larder --mirror /debian=http://deb.debian.org/debian --preset debian
+  larder --mirror /debian=http://deb.example/debian --preset debian
   larder --intercept --preset pypi,npm && larder ca-cert > larder-ca.pem
   larder --self http://10.0.0.1:3128 --peers http://10.0.0.1:3128,http://10.0.0.2:3128
   larder --config /etc/larder/larder.toml
@@ -229,6 +239,9 @@ struct FileConfig {
     #[serde(rename = "self")]
     self_url: Option<String>,
     peers: Option<Vec<String>>,
+    etcd: Option<Vec<String>>,
+    etcd_prefix: Option<String>,
+    etcd_ttl: Option<String>,
     peer_secret: Option<String>,
     peer_timeout: Option<String>,
     allow: Option<Vec<String>>,
@@ -294,6 +307,8 @@ pub struct Settings {
     pub disk_dir: Option<PathBuf>,
     pub self_url: Option<String>,
     pub peers: Vec<String>,
+    /// Membership from etcd (then `peers` is only the view until etcd answers).
+    pub etcd: Option<crate::membership::Etcd>,
     pub peer_secret: Option<String>,
     pub peer_timeout: Duration,
     pub allow: Vec<IpNet>,
@@ -503,6 +518,42 @@ impl Args {
         if !peers.is_empty() && self_url.is_none() {
             return Err("--peers needs --self (this peer's URL as the others know it)".into());
         }
+        let etcd_urls = list(self.etcd, file.etcd);
+        let etcd = if etcd_urls.is_empty() {
+            None
+        } else {
+            let Some(me) = &self_url else {
+                return Err("--etcd needs --self (the URL this peer registers)".into());
+            };
+            if !peers.contains(me) {
+                peers.push(me.clone());
+                peers.sort();
+            }
+            let endpoints = etcd_urls
+                .iter()
+                .map(|u| {
+                    let uri: http::Uri = u
+                        .trim()
+                        .parse()
+                        .map_err(|e| format!("bad --etcd URL {u:?}: {e}"))?;
+                    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                        return Err(format!("--etcd {u:?} must be an http(s) URL"));
+                    }
+                    Ok(uri)
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let prefix =
+                or(self.etcd_prefix, file.etcd_prefix).unwrap_or_else(|| "/larder/peers/".into());
+            let ttl = dur(or(self.etcd_ttl, file.etcd_ttl), Duration::from_secs(10))?;
+            if ttl < Duration::from_secs(1) {
+                return Err("--etcd-ttl must be at least 1s".into());
+            }
+            Some(crate::membership::Etcd {
+                endpoints,
+                prefix,
+                ttl,
+            })
+        };
         let hot_memory = size(or(self.hot_memory, file.hot_memory), memory / 8)?;
         if hot_memory > memory {
             return Err(format!(
@@ -601,6 +652,7 @@ impl Args {
             disk_dir,
             self_url,
             peers,
+            etcd,
             peer_secret: or(self.peer_secret, file.peer_secret).filter(|s| !s.is_empty()),
             peer_timeout: dur(
                 or(self.peer_timeout, file.peer_timeout),

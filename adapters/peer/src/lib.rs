@@ -17,6 +17,7 @@ pub mod failure;
 pub mod guard;
 pub mod intercept;
 pub mod interim;
+pub mod membership;
 pub mod metrics;
 pub mod peers;
 mod read_clock;

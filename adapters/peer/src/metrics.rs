@@ -111,6 +111,12 @@ pub struct Metrics {
     pub clients_cut: Counter,
     /// Panics caught while handling an input (the request got an error, nothing leaked).
     pub engine_panics: Counter,
+    /// 1 while this peer's etcd session is live (registered and watching).
+    pub etcd_up: Gauge,
+    /// Member list changes applied (from etcd).
+    pub membership_changes: Counter,
+    /// Members of the cluster as this peer knows them (itself included).
+    pub members: Gauge,
     /// `larder_connect_total{result}`: what became of CONNECT requests.
     pub connect: ConnectCounts,
     /// `larder_tunnel_bytes_total{direction}`: bytes relayed through plain tunnels.
@@ -206,6 +212,9 @@ impl Metrics {
             clients_cut: Counter::default(),
             engine_panics: Counter::default(),
             connect: ConnectCounts::default(),
+            etcd_up: Gauge::default(),
+            membership_changes: Counter::default(),
+            members: Gauge::default(),
             tunnel_up: Counter::default(),
             tunnel_down: Counter::default(),
         };
@@ -259,6 +268,21 @@ impl Metrics {
             "larder_engine_panics",
             "Panics caught while handling an input (answered with an error, state released)",
             m.engine_panics.clone(),
+        );
+        r.register(
+            "larder_etcd_up",
+            "1 while the etcd membership session is live (0: etcd unreachable, last view kept)",
+            m.etcd_up.clone(),
+        );
+        r.register(
+            "larder_members",
+            "Cluster members as this peer knows them (from --peers or etcd)",
+            m.members.clone(),
+        );
+        r.register(
+            "larder_membership_changes",
+            "Member list changes applied from etcd",
+            m.membership_changes.clone(),
         );
         r.register(
             "larder_responses",

@@ -61,6 +61,8 @@ pub struct State {
     pub replay: std::sync::Mutex<larder_core::hop::ReplayGuard>,
     /// What a live reload can change.
     live: std::sync::RwLock<Arc<Live>>,
+    /// This peer's etcd lease (endpoint, id), to give up at shutdown.
+    lease: std::sync::Mutex<Option<(http::Uri, String)>>,
 }
 
 /// The settings a live reload (SIGHUP) replaces while connections and the cache stay:
@@ -81,6 +83,20 @@ pub struct Live {
 }
 
 impl Live {
+    fn copy(l: &Live) -> Live {
+        Live {
+            allow: l.allow.clone(),
+            purge_allow: l.purge_allow.clone(),
+            mirrors: l.mirrors.clone(),
+            connect_ports: l.connect_ports.clone(),
+            connect_allow: l.connect_allow.clone(),
+            intercept: l.intercept.clone(),
+            ca: l.ca.clone(),
+            log_format: l.log_format,
+            peers: l.peers.clone(),
+        }
+    }
+
     fn of(s: &Settings, ca: Option<Arc<crate::intercept::Authority>>) -> Live {
         Live {
             allow: s.allow.clone(),
@@ -100,6 +116,36 @@ impl State {
     /// The settings in force now.
     pub fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A new member list (from etcd): the engine's ring and this peer's view change together.
+    pub fn set_peers(&self, peers: Vec<String>) {
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        if live.peers == peers {
+            return;
+        }
+        tracing::info!(
+            peers = peers.len(),
+            "membership changed: {}",
+            peers.join(", ")
+        );
+        self.metrics.membership_changes.inc();
+        self.metrics.members.set(peers.len() as i64);
+        self.metrics.peers_up.set(peers.len() as i64);
+        self.driver.input(larder_core::Input::PeersChanged {
+            peers: peers.clone(),
+        });
+        let mut next = Live::copy(&live);
+        next.peers = peers;
+        *live = Arc::new(next);
+    }
+
+    pub(crate) fn set_lease(&self, lease: Option<(http::Uri, String)>) {
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = lease;
+    }
+
+    pub(crate) fn lease(&self) -> Option<(http::Uri, String)> {
+        self.lease.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -263,6 +309,7 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
     });
     driver.attach_peers(peer_link.clone());
     metrics.peers_up.set(settings.peers.len() as i64);
+    metrics.members.set(settings.peers.len() as i64);
     let settings_copy = settings.clone();
     let state = Arc::new(State {
         settings,
@@ -276,15 +323,24 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
         id,
         replay: std::sync::Mutex::new(larder_core::hop::ReplayGuard::new(REPLAY_CAPACITY)),
         live: std::sync::RwLock::new(Arc::new(Live::of(&settings_copy, intercept))),
+        lease: std::sync::Mutex::new(None),
+    });
+    let membership = settings_copy.etcd.clone().map(|etcd| {
+        let me = settings_copy.self_url.clone().expect("--etcd needs --self");
+        tokio::spawn(crate::membership::run(state.clone(), etcd, me))
     });
     let (tx, rx) = tokio::sync::watch::channel(false);
     let timers = tokio::spawn(driver.run_timers());
     let prober = tokio::spawn(probe_down_peers(state.clone()));
     let st = state.clone();
     let task = tokio::spawn(async move {
-        accept_loop(listener, st, rx).await;
+        accept_loop(listener, st.clone(), rx).await;
         timers.abort();
         prober.abort();
+        if let Some(m) = membership {
+            m.abort();
+            crate::membership::leave(&st).await;
+        }
     });
     Ok(Running {
         addr,

@@ -61,7 +61,7 @@ pub fn origin_seeing(
 
 /// A port no other test in this process was given: the kernel may hand a just-released
 /// port out again, and two peers racing for one would make a test talk to another's peer.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
