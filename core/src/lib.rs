@@ -103,6 +103,7 @@ pub mod interim;
 pub mod key;
 pub mod lru;
 pub mod policy;
+pub mod purge;
 pub mod range;
 pub mod resume;
 pub mod ring;

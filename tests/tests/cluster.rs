@@ -466,3 +466,34 @@ async fn purge_at_any_peer_drops_the_url_cluster_wide() {
     let r = send(strict[0].addr, "PURGE", &url, &[]).await.unwrap();
     assert_eq!(r.status, 403);
 }
+
+/// Issue 13 (3): a purge by tag taken by one peer reaches every peer over the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_tag_reaches_every_peer() {
+    let origin = Origin::start(|seen, _| {
+        let tag = if seen.uri.starts_with("/t/") { "release-7" } else { "other" };
+        Reply::ok("x", &[("cache-control", "max-age=600"), ("surrogate-key", tag)])
+    })
+    .await;
+    let nodes = cluster(2, |_| {}).await;
+    let urls: Vec<String> = (0..8).map(|i| origin.url(&format!("/t/{i}"))).collect();
+    for u in &urls {
+        larder_tests::get(nodes[0].addr, u).await;
+    }
+    larder_tests::get(nodes[0].addr, &origin.url("/keep")).await;
+    let r = larder_tests::send(
+        nodes[1].addr,
+        "PURGE",
+        &origin.url("/"),
+        &[("larder-purge-tag", "release-7")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for u in &urls {
+        let r = larder_tests::get(nodes[0].addr, u).await;
+        assert!(!r.is_hit(), "{u} survived the purge: {}", r.cache_status());
+    }
+    assert!(larder_tests::get(nodes[1].addr, &origin.url("/keep")).await.is_hit());
+}

@@ -752,9 +752,13 @@ impl Driver {
                     h.abort();
                 }
             }
-            Output::InvalidatePeers { key, peers } => {
+            Output::InvalidatePeers {
+                key,
+                peers,
+                selector,
+            } => {
                 if let Some(link) = self.peers().cloned() {
-                    tokio::spawn(invalidate_peers(link, key, peers));
+                    tokio::spawn(invalidate_peers(link, key, peers, selector));
                 }
             }
             Output::Write {
@@ -1101,12 +1105,20 @@ fn disk_writer(
 
 /// Tells each peer to drop its copies of `key` (a signed `PURGE`, limited to that peer).
 /// Fire and forget: a peer that misses it keeps its copy until the copy is stale.
-async fn invalidate_peers(link: Arc<PeerLink>, key: larder_core::CacheKey, peers: Vec<String>) {
+async fn invalidate_peers(
+    link: Arc<PeerLink>,
+    key: larder_core::CacheKey,
+    peers: Vec<String>,
+    selector: Option<larder_core::purge::Selector>,
+) {
     let mut headers = http::HeaderMap::new();
     headers.insert(
         larder_core::hop::PURGE_SCOPE,
         http::HeaderValue::from_static("local"),
     );
+    for (name, value) in selector.iter().flat_map(|s| s.fields()) {
+        headers.insert(name, value);
+    }
     let method = http::Method::from_bytes(larder_core::engine::PURGE.as_bytes()).expect("token");
     for peer in peers {
         let sent = link

@@ -360,6 +360,9 @@ pub enum Output {
         key: CacheKey,
         /// Peer ids to tell.
         peers: Vec<String>,
+        /// Also every URL under it, or every response with these tags: send
+        /// [`Selector::fields`](crate::purge::Selector::fields) with the PURGE.
+        selector: Option<crate::purge::Selector>,
     },
     /// Nobody needs this fetch any more: stop it and send no further inputs for it.
     CancelFetch {

@@ -1052,22 +1052,35 @@ impl Engine {
     /// many entries went: 200, or 404 when none (as Squid does). The adapter decides who
     /// may purge.
     fn purge(&mut self, cid: ClientId, head: &request::Parts, key: &CacheKey) {
-        let n = self.invalidate(key);
+        let selector = crate::purge::Selector::of(&head.headers);
+        let n = match &selector {
+            None => self.invalidate(key),
+            Some(s) => {
+                let url = key.as_str();
+                let keys = self.store.keys_where(|k, h| s.selects(url, k.as_str(), h));
+                keys.iter().map(|k| self.invalidate(k)).sum()
+            }
+        };
         let fanned_out = head
             .headers
             .get(crate::hop::PURGE_SCOPE)
             .is_some_and(|v| v == "local");
         if !fanned_out {
-            self.invalidate_peers(key.clone());
+            self.invalidate_peers_selecting(key.clone(), selector.clone());
         }
         let status = CacheStatus::fwd(Fwd::Bypass).with_detail("purge");
-        let (code, text) = match n {
-            0 => (
-                StatusCode::NOT_FOUND,
-                "nothing cached for this URL".to_owned(),
+        let (code, text) = match (n, &selector) {
+            // Selected across the cluster: what went here, and that the others were told.
+            (n, Some(_)) => (
+                StatusCode::OK,
+                format!("purged {n} entries here; the other peers were told"),
             ),
-            1 => (StatusCode::OK, "purged 1 entry".to_owned()),
-            n => (StatusCode::OK, format!("purged {n} entries")),
+            (0, None) => (
+                StatusCode::NOT_FOUND,
+                "nothing cached for this URL here".to_owned(),
+            ),
+            (1, None) => (StatusCode::OK, "purged 1 entry".to_owned()),
+            (n, None) => (StatusCode::OK, format!("purged {n} entries")),
         };
         self.clients.insert(
             cid,
@@ -1078,6 +1091,15 @@ impl Engine {
 
     /// Tells every other peer to drop its copies of `key` (hot copies, segments).
     fn invalidate_peers(&mut self, key: CacheKey) {
+        self.invalidate_peers_selecting(key, None);
+    }
+
+    /// [`invalidate_peers`](Self::invalidate_peers), with a purge's selector.
+    fn invalidate_peers_selecting(
+        &mut self,
+        key: CacheKey,
+        selector: Option<crate::purge::Selector>,
+    ) {
         let Some(me) = self.config.self_id.as_deref() else {
             return;
         };
@@ -1089,8 +1111,11 @@ impl Engine {
             .cloned()
             .collect();
         if !peers.is_empty() {
-            self.outputs
-                .push_back(Output::InvalidatePeers { key, peers });
+            self.outputs.push_back(Output::InvalidatePeers {
+                key,
+                peers,
+                selector,
+            });
         }
     }
 

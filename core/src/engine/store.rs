@@ -353,6 +353,28 @@ impl Store {
         out.push(Change::Gone { key: s.key });
     }
 
+    /// The keys one of whose entries `select(key, head)` picks (`head` is `None` for an
+    /// entry whose metadata is not loaded: on disk only, after a restart).
+    pub fn keys_where(
+        &self,
+        mut select: impl FnMut(&CacheKey, Option<&http::HeaderMap>) -> bool,
+    ) -> Vec<CacheKey> {
+        self.variants
+            .iter()
+            .filter(|(key, ids)| {
+                ids.iter().any(|id| {
+                    let head = self
+                        .slots
+                        .get(id)
+                        .and_then(|s| s.hot.as_ref())
+                        .map(|h| &h.head.headers);
+                    select(key, head)
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Removes every variant of `key`.
     pub fn remove_key(&mut self, key: &CacheKey, out: &mut Vec<Change>) {
         for id in self.variants.get(key).cloned().unwrap_or_default() {

@@ -94,3 +94,70 @@ fn an_unsafe_request_invalidates_hot_copies_on_every_peer() {
             .any(|(from, to, _)| (*from, *to) == (owner, a))
     );
 }
+
+/// Purge by prefix and by tag (`Surrogate-Key` / `Cache-Tag`), cluster-wide: every peer
+/// drops what it holds under the prefix or with the tag, and nothing else.
+#[test]
+fn purge_by_prefix_and_by_tag_across_the_cluster() {
+    let mut s = Sim::new(3, Config::default(), |req, _| {
+        let path = req.uri.path().to_owned();
+        let mut r = fresh(&path);
+        if path.starts_with("/docs/") {
+            r.headers
+                .push(("surrogate-key".into(), "docs release-1".into()));
+        }
+        if path == "/img/logo" {
+            r.headers
+                .push(("cache-tag".into(), "brand,release-1".into()));
+        }
+        r
+    });
+    let urls: Vec<String> = [
+        "/a/1",
+        "/a/2",
+        "/a/3/x",
+        "/ab",
+        "/docs/x",
+        "/docs/y",
+        "/img/logo",
+        "/z",
+    ]
+    .iter()
+    .map(|p| format!("http://origin.test{p}"))
+    .collect();
+    for u in &urls {
+        s.get(u, &[]);
+    }
+    let total = |s: &Sim| s.engines.iter().map(|e| e.stored_entries()).sum::<usize>();
+    assert_eq!(total(&s), urls.len());
+    let purge = |s: &mut Sim, at: usize, url: &str, h: &[(&str, &str)]| {
+        let id = s.send(at, "PURGE", url, h);
+        s.run();
+        s.results[&id].status()
+    };
+    // Everything under /a/ (not /ab), whichever peer owns it.
+    assert_eq!(
+        purge(
+            &mut s,
+            1,
+            "http://origin.test/a/",
+            &[("larder-purge", "prefix")]
+        ),
+        200
+    );
+    assert_eq!(total(&s), urls.len() - 3);
+    assert_hit(s.get(&urls[3], &[]));
+    assert_miss(s.get(&urls[0], &[]));
+    // Every response tagged release-1, through any URL.
+    purge(
+        &mut s,
+        2,
+        "http://origin.test/",
+        &[("larder-purge-tag", "release-1")],
+    );
+    for u in ["/docs/x", "/docs/y", "/img/logo"] {
+        assert_miss(s.get(&format!("http://origin.test{u}"), &[]));
+    }
+    assert_hit(s.get(&urls[7], &[]));
+    assert!(s.origin_log.iter().all(|(_, r)| r.method != "PURGE"));
+}

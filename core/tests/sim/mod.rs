@@ -397,7 +397,11 @@ impl Sim {
                     let error = UpstreamError::Truncated;
                     self.input(from, Input::UpstreamError { fetch, error });
                 }
-                Output::InvalidatePeers { key, peers } => {
+                Output::InvalidatePeers {
+                    key,
+                    peers,
+                    selector,
+                } => {
                     for p in peers {
                         let Some(target) = self.peers.iter().position(|q| *q == p) else {
                             continue;
@@ -406,7 +410,7 @@ impl Sim {
                             continue;
                         }
                         self.invalidations.push((at, target, key.to_string()));
-                        let head = Request::builder()
+                        let mut head = Request::builder()
                             .method("PURGE")
                             .uri(key.as_str())
                             .header(larder_core::hop::PURGE_SCOPE, "local")
@@ -414,6 +418,9 @@ impl Sim {
                             .unwrap()
                             .into_parts()
                             .0;
+                        for (n, v) in selector.iter().flat_map(|s| s.fields()) {
+                            head.headers.insert(n, v);
+                        }
                         let client = ClientId(self.next_client);
                         self.next_client += 1;
                         self.results.insert(client, ClientResult::default());
