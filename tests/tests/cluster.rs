@@ -471,8 +471,15 @@ async fn purge_at_any_peer_drops_the_url_cluster_wide() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_by_tag_reaches_every_peer() {
     let origin = Origin::start(|seen, _| {
-        let tag = if seen.uri.starts_with("/t/") { "release-7" } else { "other" };
-        Reply::ok("x", &[("cache-control", "max-age=600"), ("surrogate-key", tag)])
+        let tag = if seen.uri.starts_with("/t/") {
+            "release-7"
+        } else {
+            "other"
+        };
+        Reply::ok(
+            "x",
+            &[("cache-control", "max-age=600"), ("surrogate-key", tag)],
+        )
     })
     .await;
     let nodes = cluster(2, |_| {}).await;
@@ -495,5 +502,9 @@ async fn purge_by_tag_reaches_every_peer() {
         let r = larder_tests::get(nodes[0].addr, u).await;
         assert!(!r.is_hit(), "{u} survived the purge: {}", r.cache_status());
     }
-    assert!(larder_tests::get(nodes[1].addr, &origin.url("/keep")).await.is_hit());
+    assert!(
+        larder_tests::get(nodes[1].addr, &origin.url("/keep"))
+            .await
+            .is_hit()
+    );
 }

@@ -61,6 +61,8 @@ pub struct State {
     pub replay: std::sync::Mutex<larder_core::hop::ReplayGuard>,
     /// What a live reload can change.
     live: std::sync::RwLock<Arc<Live>>,
+    /// The reload `POST /-/reload` runs.
+    reloader: std::sync::OnceLock<Box<dyn Fn() -> Result<String, String> + Send + Sync>>,
     /// This peer's etcd lease (endpoint, id), to give up at shutdown.
     lease: std::sync::Mutex<Option<(http::Uri, String)>>,
 }
@@ -196,7 +198,20 @@ impl Running {
     /// a restart changes, if any differ; refuses (changing nothing) a configuration it
     /// cannot run.
     pub fn reload(&self, new: &Settings) -> Result<Vec<&'static str>, String> {
-        let state = &self.state;
+        self.state.reload(new)
+    }
+
+    /// Installs what `POST /-/reload` runs (the binary's reload: flags resolved again,
+    /// the config file re-read); without one, the endpoint is 404.
+    pub fn on_reload(&self, f: impl Fn() -> Result<String, String> + Send + Sync + 'static) {
+        let _ = self.state.reloader.set(Box::new(f));
+    }
+}
+
+impl State {
+    /// See [`Running::reload`].
+    pub fn reload(&self, new: &Settings) -> Result<Vec<&'static str>, String> {
+        let state = self;
         let old = state.live();
         let ca = interception_ca(new, old.ca.clone())?;
         state
@@ -238,7 +253,9 @@ impl Running {
             .filter_map(|(name, changed)| changed.then_some(name))
             .collect())
     }
+}
 
+impl Running {
     /// Stops accepting, lets in-flight responses finish (up to `grace`), then returns.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
@@ -324,6 +341,7 @@ pub async fn start_on(listener: TcpListener, settings: Settings) -> Result<Runni
         replay: std::sync::Mutex::new(larder_core::hop::ReplayGuard::new(REPLAY_CAPACITY)),
         live: std::sync::RwLock::new(Arc::new(Live::of(&settings_copy, intercept))),
         lease: std::sync::Mutex::new(None),
+        reloader: std::sync::OnceLock::new(),
     });
     let membership = settings_copy.etcd.clone().map(|etcd| {
         let me = settings_copy.self_url.clone().expect("--etcd needs --self");
@@ -704,6 +722,26 @@ async fn route(
                 return Err(refuse(Refused(StatusCode::BAD_REQUEST, why), &parts));
             }
             "/healthz" => return Ok(text(StatusCode::OK, "ok")),
+            // A live reload, as SIGHUP does, for the addresses that may purge.
+            "/-/reload" if parts.method == Method::POST => {
+                if !purge_allowed(state, &remote) {
+                    let why = format!(
+                        "reload from {} is not allowed (see --purge-allow)",
+                        remote.ip()
+                    );
+                    return Err(refuse(Refused(StatusCode::FORBIDDEN, why), &parts));
+                }
+                return Ok(match state.reloader.get() {
+                    None => text(StatusCode::NOT_FOUND, "no reload in this process"),
+                    Some(reload) => match reload() {
+                        Ok(said) => text(StatusCode::OK, &said),
+                        Err(why) => text(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            &format!("reload refused, the running configuration stays: {why}"),
+                        ),
+                    },
+                });
+            }
             "/metrics" => {
                 let body = Bytes::from(state.metrics.render());
                 return Ok(Response::builder()

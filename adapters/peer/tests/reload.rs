@@ -135,7 +135,36 @@ fn sighup_applies_a_new_config_and_keeps_the_cache() {
     assert!(cache_status(port, &url("/api/y")).contains("detail=passthrough"));
     assert!(cache_status(port, &url("/r2")).contains("hit"));
     assert!(hits.load(std::sync::atomic::Ordering::SeqCst) <= before + 1);
+
+    // The same through `POST /-/reload` (for the addresses that may purge).
+    std::fs::write(&config, "passthrough = [\"^/b/\"]\n").unwrap();
+    let (code, text) = post_reload(port);
+    assert_eq!(code, 200, "{text}");
+    assert!(text.starts_with("reloaded"), "{text}");
+    assert!(cache_status(port, &url("/b/1")).contains("detail=passthrough"));
+    std::fs::write(&config, "memory = \"lots\"\n").unwrap();
+    let (code, text) = post_reload(port);
+    assert_eq!(code, 422, "{text}");
+    assert!(
+        text.contains("reload refused") && text.contains("lots"),
+        "{text}"
+    );
+    assert!(cache_status(port, &url("/b/2")).contains("detail=passthrough"));
     let _ = child.kill();
     let _ = child.wait();
     std::fs::remove_dir_all(&dir).ok();
+}
+
+fn post_reload(port: u16) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(
+        b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned();
+    (code, body)
 }

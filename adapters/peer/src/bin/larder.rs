@@ -133,6 +133,14 @@ async fn run() {
             std::process::exit(1);
         }
     };
+    {
+        let state = std::sync::Arc::downgrade(&running.state);
+        let (flags, log_level) = (flags.clone(), log_level.clone());
+        running.on_reload(move || match state.upgrade() {
+            Some(st) => reload(&flags, |s| st.reload(s), &log_level),
+            None => Err("shutting down".into()),
+        });
+    }
     match crate_roots(&settings) {
         Ok(larder_peer::tls::Roots::System(n)) => {
             tracing::info!("upstream TLS trusts the system store ({n} CAs) and --ca-file")
@@ -165,7 +173,9 @@ async fn run() {
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                _ = hup.recv() => reload(&flags, &running, &log_level),
+                _ = hup.recv() => {
+                    let _ = reload(&flags, |s| running.reload(s), &log_level);
+                }
             }
         }
     }
@@ -177,13 +187,17 @@ async fn run() {
 
 /// SIGHUP: the flags resolved again with the config file re-read; applied whole, or refused
 /// whole with the running configuration kept.
+/// What a reload ran: applied (a summary) or refused (why).
+type Reloaded = Result<String, String>;
+
 fn reload<S>(
     flags: &larder_peer::Args,
-    running: &larder_peer::Running,
+    apply: impl Fn(&larder_peer::Settings) -> Result<Vec<&'static str>, String>,
     log_level: &tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
-) {
+) -> Reloaded {
     let refused = |why: String| {
         tracing::error!("reload refused, the running configuration stays: {why}");
+        Err(why)
     };
     let new = match flags.clone().resolve() {
         Ok(s) => s,
@@ -193,7 +207,7 @@ fn reload<S>(
         Ok(f) => f,
         Err(e) => return refused(format!("bad log-level {:?}: {e}", new.log_level)),
     };
-    match running.reload(&new) {
+    match apply(&new) {
         Ok(fixed) => {
             let _ = log_level.reload(filter);
             tracing::info!(
@@ -201,9 +215,14 @@ fn reload<S>(
                 peers = new.peers.len(),
                 "reloaded: peers, allow-lists, destinations, mirrors, tunnels, freshness rules, passthrough and log settings"
             );
+            let mut said = "reloaded".to_owned();
             for name in fixed {
                 tracing::warn!("{name} changed: it takes effect at the next restart");
+                said.push_str(&format!(
+                    "; {name} changed: it takes effect at the next restart"
+                ));
             }
+            Ok(said)
         }
         Err(e) => refused(e),
     }
