@@ -138,7 +138,8 @@ fn lines_say_what_the_client_got() {
     assert!(hit["cache"].as_str().unwrap().contains("hit"), "{hit}");
     assert_eq!(hit["complete"], false, "{hit}");
     let bytes = hit["bytes"].as_u64().unwrap();
-    assert!(((4 << 20)..(8 << 20)).contains(&bytes), "{hit}");
+    // What the client read, plus what the kernel buffered for it: never the whole body.
+    assert!(((4 << 20)..(SIZE as u64)).contains(&bytes), "{hit}");
     let ms = hit["ms"].as_u64().unwrap();
     assert!(
         ms >= 300 && ms <= elapsed + 1000,

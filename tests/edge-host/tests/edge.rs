@@ -303,7 +303,9 @@ async fn spin_host_headers_do_not_reach_a_peer() {
         "{:?}",
         r.headers().get_all("via").iter().collect::<Vec<_>>()
     );
-    assert!(via.contains(&url), "answered by the peer: {via}");
+    // The peer's received-by is its host:port (RFC 9110 §7.6.3).
+    let by = format!("1.1 {}", url.trim_start_matches("http://"));
+    assert!(via.contains(&by), "answered by the peer: {via}");
     let seen = origin.seen();
     assert_eq!(seen.len(), 1);
     assert!(
@@ -505,8 +507,9 @@ async fn misses_go_to_the_owner_the_native_ring_names_and_fail_over() {
         .map(|v| v.to_str().unwrap().to_owned())
         .collect::<Vec<_>>()
         .join(", ");
+    let by = format!("1.1 {}", owner.trim_start_matches("http://"));
     assert!(
-        via.contains(&owner),
+        via.contains(&by),
         "answered by the owner {owner}: via {via}"
     );
     assert_eq!(origin.hits(), 1);
