@@ -191,7 +191,7 @@ async fn serve(s: &Session<'_>, self_url: &str) -> String {
         "create_request": {
             "key": b64(&s.etcd.prefix),
             "range_end": b64(&prefix_end(&s.etcd.prefix)),
-            "start_revision": (revision + 1).to_string(),
+            "start_revision": revision.saturating_add(1).to_string(),
         }
     });
     let resp = match s.post("/v3/watch", watch, Duration::from_secs(5)).await {

@@ -211,20 +211,18 @@ impl Running {
 impl State {
     /// See [`Running::reload`].
     pub fn reload(&self, new: &Settings) -> Result<Vec<&'static str>, String> {
-        let state = self;
-        let old = state.live();
+        let old = self.live();
         let ca = interception_ca(new, old.ca.clone())?;
-        state
-            .driver
+        self.driver
             .reconfigure(new.engine.policy.clone(), new.engine.passthrough.clone())?;
-        state.guard.set(destinations(new));
+        self.guard.set(destinations(new));
         if new.peers != old.peers {
-            state.driver.input(larder_core::Input::PeersChanged {
+            self.driver.input(larder_core::Input::PeersChanged {
                 peers: new.peers.clone(),
             });
         }
-        *state.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live::of(new, ca));
-        let s = &state.settings;
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live::of(new, ca));
+        let s = &self.settings;
         let fixed = [
             ("listen", s.listen != new.listen),
             ("self", s.self_url != new.self_url),
