@@ -46,13 +46,40 @@ impl std::str::FromStr for Format {
     }
 }
 
+/// A URL as the pieces it is written from (joined without separators), so a request's URL
+/// is logged from the bytes it already has, never copied into a string of its own first.
+#[derive(Debug, Clone, Copy)]
+pub struct Url<'a>(pub [&'a str; 4]);
+
+impl<'a> Url<'a> {
+    /// A URL already written out.
+    pub fn text(s: &'a str) -> Self {
+        Url([s, "", "", ""])
+    }
+
+    /// `uri` as the request named it, after `base` (a tunnel's `https://host`) when the
+    /// request was in origin form inside a tunnel.
+    pub fn of(base: Option<&'a str>, uri: &'a http::Uri) -> Self {
+        let pq = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        match (uri.scheme_str(), uri.authority()) {
+            (Some(scheme), Some(a)) => Url([scheme, "://", a.as_str(), pq]),
+            (None, Some(a)) => Url(["", "", a.as_str(), pq]),
+            (_, None) => Url([base.unwrap_or(""), "", "", pq]),
+        }
+    }
+
+    fn joined(&self) -> String {
+        self.0.concat()
+    }
+}
+
 /// One request, as its line says it.
 #[derive(Debug)]
 pub struct Entry<'a> {
     pub time: SystemTime,
     pub client: SocketAddr,
     pub method: &'a str,
-    pub url: &'a str,
+    pub url: Url<'a>,
     pub version: http::Version,
     pub status: u16,
     /// Body bytes handed to the connection.
@@ -87,7 +114,9 @@ impl Entry<'_> {
         out.push_str("] \"");
         escape(self.method, out);
         out.push(' ');
-        escape(self.url, out);
+        for piece in self.url.0 {
+            escape(piece, out);
+        }
         let _ = write!(
             out,
             " {:?}\" {} {} \"",
@@ -116,7 +145,7 @@ impl Entry<'_> {
             "time": (secs * 1000.0).round() / 1000.0,
             "client": self.client.ip().to_string(),
             "method": self.method,
-            "url": self.url,
+            "url": self.url.joined(),
             "version": format!("{:?}", self.version),
             "status": self.status,
             "bytes": self.bytes,
@@ -205,8 +234,11 @@ pub fn write(format: Format, entry: &Entry<'_>) {
             p.dropped += 1;
             return;
         }
+        let before = p.bytes.len();
         p.bytes.extend_from_slice(line.as_bytes());
-        if p.bytes.len() >= WAKE_AT {
+        // Woken once, as the buffer crosses the mark: a writer not yet running needs no
+        // second futex call per line until it does.
+        if before < WAKE_AT && p.bytes.len() >= WAKE_AT {
             s.wake.notify_one();
         }
     });
@@ -221,6 +253,13 @@ fn quoted(v: Option<&str>, out: &mut String) {
 
 /// Quotes and control bytes escaped, so a hostile URL or User-Agent cannot forge a line.
 fn escape(s: &str, out: &mut String) {
+    // Most fields are printable ASCII with nothing to escape: copied whole.
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -233,8 +272,29 @@ fn escape(s: &str, out: &mut String) {
     }
 }
 
-/// `10/Oct/2000:13:55:36 +0000`.
+thread_local! {
+    /// The last second written, as written: most lines share their second with the previous.
+    static CLF_SECOND: std::cell::RefCell<(u64, String)> =
+        const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// `10/Oct/2000:13:55:36 +0000`, formatted once per second per thread.
 fn clf_time(t: SystemTime, out: &mut String) {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    CLF_SECOND.with_borrow_mut(|(second, text)| {
+        if *second != secs {
+            text.clear();
+            clf_time_of(t, text);
+            *second = secs;
+        }
+        out.push_str(text);
+    });
+}
+
+fn clf_time_of(t: SystemTime, out: &mut String) {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
@@ -265,7 +325,7 @@ mod tests {
             time: SystemTime::UNIX_EPOCH + Duration::from_secs(971_186_136),
             client: "10.1.2.3:5555".parse().unwrap(),
             method: "GET",
-            url,
+            url: Url::text(url),
             version: http::Version::HTTP_11,
             status: 200,
             bytes: 4096,

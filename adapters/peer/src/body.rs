@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 enum Kind {
     Full(Option<Bytes>),
     Stream(Events),
-    /// An upstream body, with the longest silence allowed between two frames.
-    Relay(Body, Duration, Pin<Box<tokio::time::Sleep>>),
+    /// An upstream body, with the longest silence allowed between two frames (the timer is
+    /// armed only while the body keeps the client waiting: most frames are ready at once).
+    Relay(Body, Duration, Option<Pin<Box<tokio::time::Sleep>>>, bool),
 }
 
 /// What the access log says about one request, written when its body is dropped.
@@ -25,15 +26,19 @@ pub struct LogLine {
     pub format: crate::access::Format,
     pub client: std::net::SocketAddr,
     pub method: http::Method,
-    pub url: String,
+    /// The request's target, after `base` (a tunnel's origin) when it names none itself.
+    pub url: http::Uri,
+    pub base: Option<Arc<str>>,
     pub version: http::Version,
     pub status: u16,
-    pub cache: String,
+    /// Header values share the request's and response's bytes: nothing is copied until
+    /// the line is written.
+    pub cache: Option<http::HeaderValue>,
     pub start: Instant,
     /// When the request arrived.
     pub time: std::time::SystemTime,
-    pub referer: Option<String>,
-    pub user_agent: Option<String>,
+    pub referer: Option<http::HeaderValue>,
+    pub user_agent: Option<http::HeaderValue>,
     /// No body to send (HEAD, 204, 304): complete with its head.
     pub bodiless: bool,
     /// The declared length: hyper stops asking for frames once it is sent.
@@ -50,7 +55,8 @@ pub struct ClientBody {
     /// Observes the response's duration when it ends.
     timing: Option<(Arc<crate::metrics::Metrics>, larder_core::Outcome, Instant)>,
     guard: Option<(Arc<Driver>, ClientId)>,
-    log: Option<LogLine>,
+    /// Boxed: the body is moved a few times on its way to the connection, the line is large.
+    log: Option<Box<LogLine>>,
     bytes: u64,
     done: bool,
 }
@@ -68,7 +74,7 @@ impl ClientBody {
     /// Relays an upstream body; silence longer than `idle` between frames aborts it, so a
     /// peer or origin that stalls mid-body cannot hold the client forever.
     pub fn relay(b: Body, idle: Duration) -> Self {
-        Self::of(Kind::Relay(b, idle, Box::pin(tokio::time::sleep(idle))))
+        Self::of(Kind::Relay(b, idle, None, false))
     }
     fn of(kind: Kind) -> Self {
         ClientBody {
@@ -96,8 +102,8 @@ impl ClientBody {
         self
     }
 
-    pub fn logged(mut self, line: Option<LogLine>) -> Self {
-        self.log = line;
+    pub fn logged(mut self, line: LogLine) -> Self {
+        self.log = Some(Box::new(line));
         self
     }
 }
@@ -111,17 +117,22 @@ impl Drop for ClientBody {
             metrics.finished(outcome, start.elapsed());
         }
         if let Some(l) = self.log.take() {
+            fn text(v: &Option<http::HeaderValue>) -> Option<std::borrow::Cow<'_, str>> {
+                v.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()))
+            }
+            let (referer, user_agent, cache) =
+                (text(&l.referer), text(&l.user_agent), text(&l.cache));
             let entry = crate::access::Entry {
                 time: l.time,
                 client: l.client,
                 method: l.method.as_str(),
-                url: &l.url,
+                url: crate::access::Url::of(l.base.as_deref(), &l.url),
                 version: l.version,
                 status: l.status,
                 bytes: self.bytes,
-                referer: l.referer.as_deref(),
-                user_agent: l.user_agent.as_deref(),
-                cache: &l.cache,
+                referer: referer.as_deref(),
+                user_agent: user_agent.as_deref(),
+                cache: cache.as_deref().unwrap_or(""),
                 duration: l.start.elapsed(),
                 complete: self.done || l.bodiless || l.length == Some(self.bytes),
             };
@@ -157,15 +168,26 @@ impl http_body::Body for ClientBody {
                     Poll::Ready(Some(_)) => continue,
                 }
             },
-            Kind::Relay(b, idle, timer) => match Pin::new(b).poll_frame(cx) {
-                Poll::Pending => match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        Poll::Ready(Some(Err("upstream went silent mid-body".into())))
+            Kind::Relay(b, idle, timer, moved) => match Pin::new(b).poll_frame(cx) {
+                Poll::Pending => {
+                    let timer = match timer {
+                        Some(t) if std::mem::take(moved) => {
+                            t.as_mut().reset(tokio::time::Instant::now() + *idle);
+                            t
+                        }
+                        Some(t) => t,
+                        None => timer.insert(Box::pin(tokio::time::sleep(*idle))),
+                    };
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            Poll::Ready(Some(Err("upstream went silent mid-body".into())))
+                        }
+                        Poll::Pending => Poll::Pending,
                     }
-                    Poll::Pending => Poll::Pending,
-                },
+                }
                 ready => {
-                    timer.as_mut().reset(tokio::time::Instant::now() + *idle);
+                    // The silence is counted again from the next wait.
+                    *moved = true;
                     ready
                 }
             },

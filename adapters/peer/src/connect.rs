@@ -65,7 +65,7 @@ pub async fn connect(
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_default();
-    if !crate::server::allowed(state, &remote) {
+    if !crate::server::allowed(&state.live(), &remote) {
         let why = format!("{} may not use this proxy (see --allow)", remote.ip());
         return Err(refuse(StatusCode::FORBIDDEN, why));
     }
@@ -204,7 +204,7 @@ async fn relay(
         time,
         client: remote,
         method: "CONNECT",
-        url: target,
+        url: crate::access::Url::text(target),
         version: http::Version::HTTP_11,
         status: 200,
         bytes: down,

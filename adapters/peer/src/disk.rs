@@ -413,9 +413,68 @@ impl BodyFile {
         Ok(buf.freeze())
     }
 
+    /// [`read_at`](Self::read_at) without waiting on the device: the bytes the page cache
+    /// already holds (a prefix of what `read_at` would return, at least one byte), or `None`
+    /// when the first of them is not cached (or the kernel cannot say), for the caller to
+    /// read on a blocking thread instead. A hit served from the page cache then costs no
+    /// thread hand-off, as nginx's inline `pread` does, yet a cold read never stalls the
+    /// event loop.
+    pub fn read_cached(&self, start: u64, len: u64, max: usize) -> Option<Bytes> {
+        let n = len.min(max as u64) as usize;
+        if n == 0 || start.checked_add(len).is_none_or(|end| end > self.header.body_len) {
+            return None;
+        }
+        let mut buf = BytesMut::zeroed(n);
+        let at = self.header.body_offset() + start;
+        let mut got = 0;
+        while got < n {
+            match nowait_read(&self.file, &mut buf[got..], at + got as u64) {
+                Some(0) | None => break,
+                Some(k) => got += k,
+            }
+        }
+        if got == 0 {
+            return None;
+        }
+        buf.truncate(got);
+        Some(buf.freeze())
+    }
+
     pub fn body_len(&self) -> u64 {
         self.header.body_len
     }
+}
+
+/// Whether `preadv2(RWF_NOWAIT)` works here; cleared the first time the kernel or the
+/// filesystem refuses the flag, so an unsupported system pays for that once.
+static NOWAIT_WORKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// One `preadv2(RWF_NOWAIT)`: the bytes read, or `None` when it would block or failed.
+#[cfg(target_os = "linux")]
+fn nowait_read(file: &File, buf: &mut [u8], at: u64) -> Option<usize> {
+    use rustix::io::{Errno, ReadWriteFlags, preadv2};
+    if !NOWAIT_WORKS.load(Ordering::Relaxed) {
+        return None;
+    }
+    match preadv2(
+        file,
+        &mut [io::IoSliceMut::new(buf)],
+        at,
+        ReadWriteFlags::NOWAIT,
+    ) {
+        Ok(k) => Some(k),
+        Err(Errno::AGAIN) | Err(Errno::INTR) => None,
+        Err(_) => {
+            NOWAIT_WORKS.store(false, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn nowait_read(_: &File, _: &mut [u8], _: u64) -> Option<usize> {
+    let _ = &NOWAIT_WORKS;
+    None
 }
 
 /// A fan-out folder's name: two lowercase hex characters.

@@ -1020,16 +1020,23 @@ async fn stream_from_disk(
                     if !lane.live() || tx.is_closed() {
                         return false;
                     }
-                    let f = file.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        f.read_at(start, len, crate::disk::CHUNK)
-                    })
-                    .await;
-                    let chunk = match read {
-                        Ok(Ok(c)) if !c.is_empty() => c,
-                        _ => {
-                            let _ = tx.send(ClientEvent::Abort);
-                            return false;
+                    // From the page cache inline when it has the bytes; else on a
+                    // blocking thread, which may wait on the device.
+                    let chunk = match file.read_cached(start, len, crate::disk::CHUNK) {
+                        Some(c) => c,
+                        None => {
+                            let f = file.clone();
+                            let read = tokio::task::spawn_blocking(move || {
+                                f.read_at(start, len, crate::disk::CHUNK)
+                            })
+                            .await;
+                            match read {
+                                Ok(Ok(c)) if !c.is_empty() => c,
+                                _ => {
+                                    let _ = tx.send(ClientEvent::Abort);
+                                    return false;
+                                }
+                            }
                         }
                     };
                     start += chunk.len() as u64;

@@ -487,9 +487,8 @@ impl Drop for Pending {
     }
 }
 
-pub(crate) fn allowed(state: &State, remote: &SocketAddr) -> bool {
+pub(crate) fn allowed(live: &Live, remote: &SocketAddr) -> bool {
     let ip = crate::guard::canonical(remote.ip());
-    let live = state.live();
     if live.allow.is_empty() {
         ip.is_loopback()
     } else {
@@ -497,9 +496,8 @@ pub(crate) fn allowed(state: &State, remote: &SocketAddr) -> bool {
     }
 }
 
-fn purge_allowed(state: &State, remote: &SocketAddr) -> bool {
+fn purge_allowed(live: &Live, remote: &SocketAddr) -> bool {
     let ip = crate::guard::canonical(remote.ip());
-    let live = state.live();
     if live.purge_allow.is_empty() {
         ip.is_loopback()
     } else {
@@ -590,27 +588,22 @@ async fn handle(
     tunnel: Option<Arc<str>>,
 ) -> Result<Response<ClientBody>, Infallible> {
     let start = Instant::now();
-    let format = state.live().log_format;
+    // One look at the settings per request: a reload applies from the next.
+    let live = state.live();
+    let format = live.log_format;
+    // What the log line needs, kept as shared bytes (clones of the request's own).
     let asked = (format != crate::access::Format::Off).then(|| {
-        let field = |n: header::HeaderName| {
-            req.headers()
-                .get(n)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        };
-        let url = match (&tunnel, req.uri().scheme()) {
-            (Some(base), None) => format!("{base}{}", req.uri()),
-            _ => req.uri().to_string(),
-        };
+        let field = |n: header::HeaderName| req.headers().get(n).cloned();
         (
             req.method().clone(),
-            url,
+            req.uri().clone(),
             req.version(),
             field(header::REFERER),
             field(header::USER_AGENT),
             std::time::SystemTime::now(),
         )
     });
-    let mut resp = match route(&state, remote, req, &interim, tunnel.as_deref()).await {
+    let mut resp = match route(&state, &live, remote, req, &interim, tunnel.as_deref()).await {
         Ok(r) => r,
         Err((Refused(code, msg), method, url)) => {
             tracing::info!(%method, %url, status = code.as_u16(), reason = %msg, "refused");
@@ -647,24 +640,40 @@ async fn handle(
                 || status == StatusCode::NOT_MODIFIED,
             method,
             url,
+            base: tunnel,
             version,
             status: status.as_u16(),
-            cache: header_str(resp.headers(), "cache-status"),
+            cache: resp.headers().get("cache-status").cloned(),
             length: larder_core::policy::content_length(resp.headers()),
             start,
             time,
             referer,
             user_agent,
         };
-        resp = resp.map(|b| b.logged(Some(line)));
+        resp = resp.map(|b| b.logged(line));
     }
     Ok(resp)
 }
 
 type RouteError = (Refused, Method, String);
 
+/// Fields only a peer may send (removed from clients' requests). Names, not strings: a
+/// removal by string parses the name again on every request.
+const PEER_ONLY: [header::HeaderName; 2] = [
+    header::HeaderName::from_static(larder_core::hop::PURGE_SCOPE),
+    header::HeaderName::from_static(larder_core::hop::SEGMENT),
+];
+/// Fields for this hop only: the peer marker and signature, proxy credentials.
+const NOT_PASSED_ON: [header::HeaderName; 4] = [
+    header::HeaderName::from_static(larder_core::hop::HOP),
+    header::HeaderName::from_static(larder_core::hop::AUTH),
+    header::PROXY_AUTHORIZATION,
+    header::HeaderName::from_static("proxy-connection"),
+];
+
 async fn route(
     state: &Arc<State>,
+    live: &Live,
     remote: SocketAddr,
     req: Request<Incoming>,
     interim: &Interim,
@@ -722,7 +731,7 @@ async fn route(
             "/healthz" => return Ok(text(StatusCode::OK, "ok")),
             // A live reload, as SIGHUP does, for the addresses that may purge.
             "/-/reload" if parts.method == Method::POST => {
-                if !purge_allowed(state, &remote) {
+                if !purge_allowed(live, &remote) {
                     let why = format!(
                         "reload from {} is not allowed (see --purge-allow)",
                         remote.ip()
@@ -774,9 +783,8 @@ async fn route(
             ));
         }
     }
-    let (target, door) =
-        door::resolve_in(&parts, &state.live().mirrors, &state.settings.proxy_path)
-            .map_err(|r| refuse(r, &parts))?;
+    let (target, door) = door::resolve_in(&parts, &live.mirrors, &state.settings.proxy_path)
+        .map_err(|r| refuse(r, &parts))?;
     let from_peer = parts.headers.contains_key(larder_core::hop::HOP);
     if from_peer {
         match &state.settings.peer_secret {
@@ -816,7 +824,7 @@ async fn route(
     }
     // A hop marker never widens access: only a verified signature stands in for --allow.
     let verified_peer = from_peer && state.settings.peer_secret.is_some();
-    if !verified_peer && door != Door::Mirror && !allowed(state, &remote) {
+    if !verified_peer && door != Door::Mirror && !allowed(live, &remote) {
         let why = format!(
             "{} may not use this proxy (not an open proxy: see --allow)",
             remote.ip()
@@ -825,7 +833,7 @@ async fn route(
     }
     if parts.method.as_str() == larder_core::engine::PURGE {
         // Cache administration: from --purge-allow, or a peer fanning a purge out.
-        if !from_peer && !purge_allowed(state, &remote) {
+        if !from_peer && !purge_allowed(live, &remote) {
             let why = format!(
                 "PURGE from {} is not allowed (see --purge-allow)",
                 remote.ip()
@@ -835,15 +843,11 @@ async fn route(
     }
     if !from_peer {
         // Only a peer may limit a purge to one node, or ask for a segment by version.
-        parts.headers.remove(larder_core::hop::PURGE_SCOPE);
-        parts.headers.remove(larder_core::hop::SEGMENT);
+        for h in &PEER_ONLY {
+            parts.headers.remove(h);
+        }
     }
-    for h in [
-        larder_core::hop::HOP,
-        larder_core::hop::AUTH,
-        "proxy-authorization",
-        "proxy-connection",
-    ] {
+    for h in &NOT_PASSED_ON {
         parts.headers.remove(h);
     }
     parts.uri = target;
@@ -868,7 +872,8 @@ async fn route(
                 .map_err(|r| refuse(r, &parts))?,
         )
     };
-    let (method, url) = (parts.method.clone(), parts.uri.to_string());
+    // Kept for errors and logs only: a Uri clone shares its bytes, a String would copy them.
+    let (method, url) = (parts.method.clone(), parts.uri.clone());
     let version = parts.version;
     let route = if from_peer {
         Route::Local
@@ -897,7 +902,7 @@ async fn route(
                             "engine dropped the request".into(),
                         ),
                         method,
-                        url,
+                        url.to_string(),
                     ));
                 }
             },
@@ -1152,11 +1157,4 @@ where
     }
     let body = ClientBody::relay(body.map_err(Into::into).boxed(), idle);
     Response::from_parts(head, body)
-}
-
-fn header_str(h: &http::HeaderMap, name: &str) -> String {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
 }
