@@ -103,7 +103,7 @@ impl Entry<'_> {
     pub fn render_into(&self, format: Format, out: &mut String) {
         match format {
             Format::Combined => self.combined(out),
-            Format::Json => out.push_str(&self.json()),
+            Format::Json => self.json(out),
             Format::Off => {}
         }
     }
@@ -119,8 +119,10 @@ impl Entry<'_> {
         }
         let _ = write!(
             out,
-            " {:?}\" {} {} \"",
-            self.version, self.status, self.bytes
+            " {}\" {} {} \"",
+            version_name(self.version),
+            self.status,
+            self.bytes
         );
         quoted(self.referer, out);
         out.push_str("\" \"");
@@ -135,27 +137,57 @@ impl Entry<'_> {
         );
     }
 
-    fn json(&self) -> String {
+    /// One JSON object, serialized straight from borrowed fields (no `Value` tree).
+    fn json(&self, out: &mut String) {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            time: f64,
+            client: std::net::IpAddr,
+            method: &'a str,
+            url: String,
+            version: &'a str,
+            status: u16,
+            bytes: u64,
+            referer: Option<&'a str>,
+            user_agent: Option<&'a str>,
+            cache: &'a str,
+            ms: u64,
+            complete: bool,
+        }
         let secs = self
             .time
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        serde_json::json!({
-            "time": (secs * 1000.0).round() / 1000.0,
-            "client": self.client.ip().to_string(),
-            "method": self.method,
-            "url": self.url.joined(),
-            "version": format!("{:?}", self.version),
-            "status": self.status,
-            "bytes": self.bytes,
-            "referer": self.referer,
-            "user_agent": self.user_agent,
-            "cache": self.cache,
-            "ms": self.duration.as_millis() as u64,
-            "complete": self.complete,
-        })
-        .to_string()
+        let line = Line {
+            time: (secs * 1000.0).round() / 1000.0,
+            client: self.client.ip(),
+            method: self.method,
+            url: self.url.joined(),
+            version: version_name(self.version),
+            status: self.status,
+            bytes: self.bytes,
+            referer: self.referer,
+            user_agent: self.user_agent,
+            cache: self.cache,
+            ms: self.duration.as_millis() as u64,
+            complete: self.complete,
+        };
+        // Serializing plain fields into a String cannot fail.
+        if let Ok(text) = serde_json::to_string(&line) {
+            out.push_str(&text);
+        }
+    }
+}
+
+/// `HTTP/1.1`, as the request line writes it.
+fn version_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
     }
 }
 
