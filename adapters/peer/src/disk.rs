@@ -421,7 +421,11 @@ impl BodyFile {
     /// event loop.
     pub fn read_cached(&self, start: u64, len: u64, max: usize) -> Option<Bytes> {
         let n = len.min(max as u64) as usize;
-        if n == 0 || start.checked_add(len).is_none_or(|end| end > self.header.body_len) {
+        if n == 0
+            || start
+                .checked_add(len)
+                .is_none_or(|end| end > self.header.body_len)
+        {
             return None;
         }
         let mut buf = BytesMut::zeroed(n);
