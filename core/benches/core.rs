@@ -4,6 +4,7 @@ use criterion::{BenchmarkId, Criterion, black_box, criterion_group, criterion_ma
 use http::{Request, Response};
 use larder_core::lru::{Eviction, Lru};
 use larder_core::ring::{PeerSelection, RingKind};
+use larder_core::s3fifo::S3Fifo;
 use larder_core::{ClientId, Config, Engine, Input, Output, Policy, Route};
 use std::time::{Duration, SystemTime};
 
@@ -42,6 +43,29 @@ fn lru(c: &mut Criterion) {
         b.iter(|| {
             j += 1;
             l.admit(black_box(j), 100)
+        })
+    });
+}
+
+/// The same operations as `lru`, on S3-FIFO. `admit` hashes the key for its ghost hint.
+fn s3fifo(c: &mut Criterion) {
+    let n = 1_000_000u64;
+    let mut s = S3Fifo::new(n * 100, 1000);
+    for i in 0..n {
+        s.admit(i, 100);
+    }
+    let mut i = 0u64;
+    c.bench_function("s3fifo_touch_1M", |b| {
+        b.iter(|| {
+            i = (i + 7919) % n;
+            s.touch(black_box(&i))
+        })
+    });
+    let mut j = n;
+    c.bench_function("s3fifo_admit_evict_1M", |b| {
+        b.iter(|| {
+            j += 1;
+            s.admit(black_box(j), 100)
         })
     });
 }
@@ -137,5 +161,5 @@ fn engine_hit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, ring, lru, policy, engine_hit);
+criterion_group!(benches, ring, lru, s3fifo, policy, engine_hit);
 criterion_main!(benches);

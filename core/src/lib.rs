@@ -84,6 +84,7 @@
 //! - [`key`]: the normalized cache key (what the ring hashes and the store indexes).
 //! - [`ring`]: which peer owns a key (rendezvous by default, groupcache-compatible ring as an option).
 //! - [`lru`]: byte-weighted eviction whose evictions are outputs.
+//! - [`s3fifo`]: the same contract with S3-FIFO's queues; [`eviction`] picks one of the two.
 //! - [`policy`]: RFC 9111 storability and freshness on top of `http-cache-semantics`.
 //! - [`range`] and [`segment`]: client byte ranges and the Range segments used to fetch large objects.
 //! - [`cache_status`]: the RFC 9211 `Cache-Status` header.
@@ -97,6 +98,7 @@
 pub mod cache_status;
 pub mod door;
 pub mod engine;
+pub mod eviction;
 pub mod heads;
 pub mod hop;
 pub mod interim;
@@ -107,6 +109,7 @@ pub mod purge;
 pub mod range;
 pub mod resume;
 pub mod ring;
+pub mod s3fifo;
 pub mod segment;
 pub mod storage;
 mod time;
@@ -116,8 +119,10 @@ pub use engine::{
     ClientId, Config, ConfigError, Engine, FetchId, Input, Output, ResponseBody, Route,
     UpstreamError,
 };
+pub use eviction::{EvictionPolicy, Evictor};
 pub use key::{CacheKey, KeyError};
 pub use lru::{Admission, Eviction, Lru};
 pub use policy::{CacheMode, NotServed, NotStored, Policy, PolicyConfig};
 pub use ring::{PeerSelection, RingKind};
+pub use s3fifo::S3Fifo;
 pub use storage::{EntryId, MemoryTier, Piece, StorageError, StoredBody, Tier};

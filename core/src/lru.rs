@@ -25,7 +25,7 @@ pub enum Admission<K> {
     },
 }
 
-/// An eviction policy over keys and byte weights. LRU today; S3-FIFO can join behind it.
+/// An eviction policy over keys and byte weights: [`Lru`] or [`crate::S3Fifo`] (the default).
 pub trait Eviction<K> {
     /// Inserts or re-weighs `key` and marks it most recently used.
     fn admit(&mut self, key: K, weight: u64) -> Admission<K>;

@@ -99,6 +99,14 @@ pub struct Args {
     /// within their freshness [default: 1/8 of --memory in a cluster]; 0 turns it off.
     #[arg(long, env = "LARDER_HOT_MEMORY")]
     pub hot_memory: Option<String>,
+    /// The largest body kept in memory [default: 1/8 of --memory]; larger ones are served
+    /// from --disk-dir while their metadata stays in memory (squid's
+    /// maximum_object_size_in_memory).
+    #[arg(long, env = "LARDER_MEMORY_MAX_OBJECT")]
+    pub memory_max_object: Option<String>,
+    /// Eviction policy of the memory and disk budgets: s3fifo (default) or lru.
+    #[arg(long, env = "LARDER_EVICTION")]
+    pub eviction: Option<String>,
     /// Requests for a remote key within a minute that earn it a hot copy [default: 3].
     #[arg(long, env = "LARDER_HOT_AFTER")]
     pub hot_after: Option<u32>,
@@ -235,6 +243,8 @@ struct FileConfig {
     segment_read_ahead: Option<usize>,
     segment_unvalidated: Option<bool>,
     hot_memory: Option<String>,
+    memory_max_object: Option<String>,
+    eviction: Option<String>,
     hot_after: Option<u32>,
     #[serde(rename = "self")]
     self_url: Option<String>,
@@ -561,6 +571,11 @@ impl Args {
             ));
         }
         let hot_after = or(self.hot_after, file.hot_after).unwrap_or(3).max(1);
+        let memory_max_object = size(or(self.memory_max_object, file.memory_max_object), 0)?;
+        let eviction: larder_core::EvictionPolicy = match or(self.eviction, file.eviction) {
+            Some(e) => e.parse().map_err(|e| format!("--eviction: {e}"))?,
+            None => larder_core::EvictionPolicy::default(),
+        };
         let allow = nets("--allow", list(self.allow, file.allow))?;
         let purge_allow = nets("--purge-allow", list(self.purge_allow, file.purge_allow))?;
         let allow_destination = nets(
@@ -633,6 +648,8 @@ impl Args {
             // Only a peer of a cluster has remote keys to keep.
             hot_memory: if peers.is_empty() { 0 } else { hot_memory },
             hot_after,
+            memory_max_object,
+            eviction,
             ..larder_core::Config::default()
         };
         // Fail early on a bad regex rather than at the first request.

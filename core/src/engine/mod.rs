@@ -20,6 +20,7 @@ pub use io::{ClientId, FetchId, Input, Output, ResponseBody, Route, UpstreamErro
 pub use respond::error_response;
 
 use crate::cache_status::{CacheStatus, Fwd};
+use crate::eviction::EvictionPolicy;
 use crate::key::{CacheKey, SegmentKey};
 use crate::policy::{self, NotStored, Policy, PolicyConfig, Reuse, Revalidated, Stored};
 use crate::range;
@@ -90,6 +91,11 @@ pub struct Config {
     /// not worth it for an entry stale again soon (`max-age=0` revalidated on every
     /// request). A runtime whose engine lives for one request (Spin) wants 0.
     pub persist_refresh_min_ttl: Duration,
+    /// The eviction policy of the memory, hot-copy and disk budgets.
+    pub eviction: EvictionPolicy,
+    /// The largest body kept in memory (at most, and by default, 1/8 of `memory`); larger
+    /// bodies are served from the disk tier with their metadata in memory.
+    pub memory_max_object: u64,
 }
 
 impl Default for Config {
@@ -113,6 +119,8 @@ impl Default for Config {
             hot_after: 3,
             hot_window: Duration::from_secs(60),
             persist_refresh_min_ttl: Duration::from_secs(60),
+            eviction: EvictionPolicy::default(),
+            memory_max_object: 0,
         }
     }
 }
@@ -316,6 +324,7 @@ impl Engine {
             policy: Policy::new(config.policy.clone()),
             ring: PeerSelection::new(config.ring, &config.peers),
             store: Store::new(
+                config.eviction,
                 config.memory,
                 config.hot_memory,
                 config.policy.max_object_size,
@@ -326,7 +335,8 @@ impl Engine {
                     config.disk_clean_to
                 },
                 config.first_entry_id,
-            ),
+            )
+            .with_memory_max_object(config.memory_max_object),
             passthrough,
             config,
             segments: SegmentIndex::default(),

@@ -6,8 +6,9 @@
 //! tier's LRU then (with its body when the memory tier holds that too). An entry only on
 //! disk is *cold*: a key and a size, a few dozen bytes, until a request loads it.
 
+use crate::eviction::{EvictionPolicy, Evictor};
 use crate::key::CacheKey;
-use crate::lru::{Admission, Eviction, Lru};
+use crate::lru::{Admission, Eviction};
 use crate::policy::Stored;
 use crate::storage::{EntryId, Tier};
 use hashbrown::HashMap;
@@ -53,14 +54,16 @@ pub enum Change {
 pub struct Store {
     variants: HashMap<CacheKey, Vec<EntryId>>,
     slots: HashMap<EntryId, Slot>,
-    memory: Lru<EntryId>,
+    memory: Evictor<EntryId>,
     /// Hot copies of remote keys (groupcache's `hotCache`), with a budget of their own so
     /// popular remote keys cannot push out what this peer owns.
-    remote: Lru<EntryId>,
-    disk: Lru<EntryId>,
-    /// Disk eviction runs from the high watermark (the LRU's capacity) down to this.
+    remote: Evictor<EntryId>,
+    disk: Evictor<EntryId>,
+    /// Disk eviction runs from the high watermark (the queue's capacity) down to this.
     disk_clean_to: u64,
     next_id: u64,
+    /// See [`Store::with_memory_max_object`].
+    memory_max_object: u64,
 }
 
 /// Bytes a hot entry costs beyond its parts: the slot in the id map (with the map's growth
@@ -79,10 +82,19 @@ fn weigh(key: &CacheKey, hot: &Hot, with_body: bool) -> u64 {
         + ENTRY_FIXED
 }
 
+/// What the eviction queues are told an entry holds: the same for every entry of a URL, so
+/// S3-FIFO's ghost recognises a URL fetched again under a fresh [`EntryId`]. Fixed (xxh3,
+/// unseeded), so a run replays the same.
+fn hint(key: &CacheKey) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_str().as_bytes())
+}
+
 impl Store {
     /// `memory` and `disk` budgets in bytes (disk 0: no disk tier); `remote` of `memory`
-    /// is for hot copies of remote keys; ids start at `first_id`.
+    /// is for hot copies of remote keys; ids start at `first_id`. All three budgets evict
+    /// by `policy`.
     pub fn new(
+        policy: EvictionPolicy,
         memory: u64,
         remote: u64,
         max_object: u64,
@@ -94,12 +106,21 @@ impl Store {
         Store {
             variants: HashMap::new(),
             slots: HashMap::new(),
-            memory: Lru::new(memory - remote, max_object + 64 * 1024),
-            remote: Lru::new(remote, max_object + 64 * 1024),
-            disk: Lru::new(disk, disk),
+            memory: Evictor::new(policy, memory - remote, max_object + 64 * 1024),
+            remote: Evictor::new(policy, remote, max_object + 64 * 1024),
+            disk: Evictor::new(policy, disk, disk),
             disk_clean_to: disk_clean_to.min(disk),
             next_id: first_id,
+            memory_max_object: 0,
         }
+    }
+
+    /// The largest body the memory tier keeps (squid's `maximum_object_size_in_memory`);
+    /// 0: an eighth of the memory budget. Lower, the memory holds the metadata of many more
+    /// entries whose bodies stay on disk (nginx's keys zone beside its cache files).
+    pub fn with_memory_max_object(mut self, bytes: u64) -> Self {
+        self.memory_max_object = bytes;
+        self
     }
 
     /// A fresh id, never handed out before by this index.
@@ -115,7 +136,12 @@ impl Store {
 
     /// Whether a body this long would be kept in memory (promotion reads it whole).
     pub fn fits_memory(&self, body_len: u64) -> bool {
-        body_len <= self.memory.capacity() / 8
+        let eighth = self.memory.capacity() / 8;
+        let max = match self.memory_max_object {
+            0 => eighth,
+            m => m.min(eighth),
+        };
+        body_len <= max
     }
 
     /// Whether a hot copy this long is worth keeping: a quarter of the hot budget at most, so
@@ -180,12 +206,13 @@ impl Store {
             return;
         };
         let weight = weigh(&s.key, hot, s.in_memory);
+        let hint = hint(&s.key);
         let lru = if s.remote {
             &mut self.remote
         } else {
             &mut self.memory
         };
-        match lru.admit(id, weight) {
+        match lru.admit_hinted(id, weight, hint) {
             Admission::Admitted { evicted } => {
                 for (e, _) in evicted {
                     self.cool(e, out);
@@ -433,7 +460,7 @@ impl Store {
             } else {
                 &mut self.memory
             };
-            match lru.admit(id, weight) {
+            match lru.admit_hinted(id, weight, hint(&key)) {
                 Admission::TooLarge { .. } => continue,
                 Admission::Admitted { evicted } => {
                     let s = self.slots.get_mut(&id).expect("checked");
@@ -461,7 +488,8 @@ impl Store {
                 .disk
                 .shrink_to(self.disk_clean_to.saturating_sub(bytes));
         }
-        match self.disk.admit(id, bytes) {
+        let hint = self.slots.get(&id).map_or(0, |s| hint(&s.key));
+        match self.disk.admit_hinted(id, bytes, hint) {
             Admission::TooLarge { .. } => return false,
             Admission::Admitted { evicted: more } => evicted.extend(more),
         }

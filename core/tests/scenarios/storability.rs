@@ -1,11 +1,11 @@
 //! What gets stored: private responses, no-store and Set-Cookie (hit-for-miss),
-//! oversize objects, passthrough patterns, truncated bodies, and LRU eviction.
+//! oversize objects, passthrough patterns, truncated bodies, and eviction (LRU and S3-FIFO).
 
 use crate::sim::{Failure, Reply, Sim, assert_hit, assert_miss, assert_passed};
 use crate::{URL, fresh};
-use larder_core::Config;
 use larder_core::cache_status::Fwd;
 use larder_core::policy::{CacheMode, PolicyConfig};
+use larder_core::{Config, EvictionPolicy};
 
 #[test]
 fn private_responses_shared_vs_private_mode() {
@@ -144,6 +144,7 @@ fn lru_evictions_are_outputs() {
     // Entries weigh what they cost on the heap (about 3.6 KB each here, body included).
     let cfg = Config {
         memory: 12 * 1024,
+        eviction: EvictionPolicy::Lru,
         ..Default::default()
     };
     let mut s = Sim::new(1, cfg, |_, _| fresh(&"x".repeat(600)));
@@ -154,6 +155,62 @@ fn lru_evictions_are_outputs() {
     assert!(s.engines[0].stored_bytes() <= 12 * 1024);
     assert_eq!(s.evicted[0].1, "http://origin.test/0");
     assert_miss(s.get("http://origin.test/0", &[]));
+}
+
+/// S3-FIFO through the engine: a URL hit once survives a run of one-hit wonders that
+/// pushes it out of an LRU of the same size.
+#[test]
+fn s3fifo_keeps_a_url_used_twice_through_one_hit_wonders() {
+    for (policy, kept) in [(EvictionPolicy::S3Fifo, true), (EvictionPolicy::Lru, false)] {
+        let cfg = Config {
+            memory: 40 * 1024,
+            eviction: policy,
+            ..Default::default()
+        };
+        let mut s = Sim::new(1, cfg, |_, _| fresh(&"x".repeat(600)));
+        s.get("http://origin.test/hot", &[]);
+        assert_hit(s.get("http://origin.test/hot", &[]));
+        for i in 0..40 {
+            s.get(&format!("http://origin.test/once/{i}"), &[]);
+        }
+        assert!(s.engines[0].stored_bytes() <= 40 * 1024);
+        let r = s.get("http://origin.test/hot", &[]);
+        if kept {
+            assert_hit(r);
+        } else {
+            assert_miss(r);
+        }
+    }
+}
+
+/// S3-FIFO's ghost works across entries: a URL evicted unused and fetched again is stored
+/// under a fresh entry id, and recognised by its key's hint, so it goes straight to the main
+/// queue and outlives the one-hit wonders after it.
+#[test]
+fn s3fifo_remembers_a_url_evicted_too_early() {
+    for (policy, kept) in [(EvictionPolicy::S3Fifo, true), (EvictionPolicy::Lru, false)] {
+        let cfg = Config {
+            memory: 40 * 1024,
+            eviction: policy,
+            ..Default::default()
+        };
+        let mut s = Sim::new(1, cfg, |_, _| fresh(&"x".repeat(600)));
+        s.get("http://origin.test/back", &[]);
+        // About eleven entries fit: this is just enough to evict it.
+        for i in 0..14 {
+            s.get(&format!("http://origin.test/once/{i}"), &[]);
+        }
+        assert_miss(s.get("http://origin.test/back", &[]));
+        for i in 14..40 {
+            s.get(&format!("http://origin.test/once/{i}"), &[]);
+        }
+        let r = s.get("http://origin.test/back", &[]);
+        if kept {
+            assert_hit(r);
+        } else {
+            assert_miss(r);
+        }
+    }
 }
 
 /// RFC 9111 §5.2.2.4: `no-cache="Set-Cookie"` lets the response be stored and shared
