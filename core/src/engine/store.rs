@@ -549,3 +549,32 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_max_object_lowers_the_eighth_never_raises_it() {
+        let store = |max| {
+            Store::new(
+                EvictionPolicy::default(),
+                8 << 20,
+                0,
+                1 << 20,
+                1 << 30,
+                0,
+                1,
+            )
+            .with_memory_max_object(max)
+        };
+        // Default: an eighth of the memory budget.
+        assert!(store(0).fits_memory(1 << 20));
+        assert!(!store(0).fits_memory((1 << 20) + 1));
+        // Lower: bodies above it stay on disk.
+        assert!(store(16 << 10).fits_memory(16 << 10));
+        assert!(!store(16 << 10).fits_memory((16 << 10) + 1));
+        // Higher than the eighth: the eighth still holds (promotion reads a body whole).
+        assert!(!store(4 << 20).fits_memory((1 << 20) + 1));
+    }
+}
