@@ -274,7 +274,10 @@ impl Store {
         self.replace_selection(&key, &hot, out);
         self.add_slot(id, &key);
         let on_disk = disk_bytes.is_some_and(|b| self.admit_disk(id, b, out));
-        let in_memory = self.admit_hot(id, hot, true, out);
+        // With an explicit --memory-max-object, a body above it that went to disk is not
+        // kept in memory as well: its metadata is, as for a body read back from disk.
+        let with_body = !on_disk || self.memory_max_object == 0 || self.fits_memory(hot.body_len);
+        let in_memory = self.admit_hot(id, hot, with_body, out);
         if !in_memory && !on_disk {
             self.remove(id, out);
             return (false, false);
